@@ -1,0 +1,124 @@
+"""The one exception hierarchy of persist.
+
+Everything raised because of stored data or the environment derives from
+:class:`PersistError`.  A caller's own mistake (a wrong type, a bad argument)
+raises the builtin exception instead (``TypeError``, ``ValueError``).
+
+The tree, in the spirit of trio's "you closed it / something outside broke /
+two users collided":
+
+* :class:`ClosedError` -- the object was closed by its user.
+* :class:`StoreError` -- the storage environment failed or refused:
+  :class:`StoreLocked` (another writer holds it), :class:`StoreNotFound`,
+  :class:`NotAStore`, :class:`StoreFull`, :class:`StoreIOError`,
+  :class:`ReadOnlyError`.
+* :class:`IntegrityError` -- stored bytes are damaged, tampered with or out of
+  date: :class:`RollbackDetected`, :class:`ForkDetected`,
+  :class:`WrongDatabase`, :class:`CorruptStore`.
+* :class:`WrongPassphrase` -- the key material does not open this store.
+* :class:`NotFound` -- a missing entry; also a :class:`KeyError`.
+* :class:`CommitFailed` -- a commit failed; the database is poisoned until
+  reopened.
+
+Messages never contain key material, passphrases or plaintext.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClosedError",
+    "CommitFailed",
+    "CorruptStore",
+    "ForkDetected",
+    "IntegrityError",
+    "NotAStore",
+    "NotFound",
+    "PersistError",
+    "ReadOnlyError",
+    "RollbackDetected",
+    "StoreError",
+    "StoreFull",
+    "StoreIOError",
+    "StoreLocked",
+    "StoreNotFound",
+    "WrongDatabase",
+    "WrongPassphrase",
+]
+
+
+class PersistError(Exception):
+    """Root of every error persist raises for stored data or the environment."""
+
+
+class ClosedError(PersistError):
+    """The store or database was closed; open it again to use it."""
+
+
+class StoreError(PersistError):
+    """The storage backend failed or refused an operation."""
+
+
+class StoreLocked(StoreError):
+    """Another writer (process or open handle) holds the store."""
+
+
+class StoreNotFound(StoreError):
+    """No store exists at the location (and creating one was not allowed)."""
+
+
+class NotAStore(StoreError):
+    """Something exists at the location, but it is not a store of this kind."""
+
+
+class StoreFull(StoreError):
+    """The disk or the backend is out of space; the batch was not written."""
+
+
+class StoreIOError(StoreError):
+    """An I/O error from the backend; the batch may or may not be durable."""
+
+
+class ReadOnlyError(StoreError):
+    """A write was attempted on a store or database opened read-only."""
+
+
+class IntegrityError(PersistError):
+    """Stored data failed authentication or a structural check.
+
+    Decryption failures carry no detail that could serve as an oracle.
+    """
+
+
+class CorruptStore(IntegrityError):
+    """The backend itself reports its files as corrupt."""
+
+
+class RollbackDetected(IntegrityError):
+    """The store is older than the freshness record says it must be."""
+
+
+class ForkDetected(IntegrityError):
+    """The store has diverged from the history the freshness record holds."""
+
+
+class WrongDatabase(IntegrityError):
+    """The store is a different database than the one expected."""
+
+
+class WrongPassphrase(PersistError):
+    """The passphrase or key does not open this store."""
+
+
+class NotFound(PersistError, KeyError):
+    """A requested entry does not exist."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep it plain
+        return Exception.__str__(self)
+
+
+class CommitFailed(PersistError):
+    """A commit failed after writing may have begun.
+
+    The database refuses every later write with this error until it is
+    reopened; the original exception is chained as ``__cause__``.
+    """

@@ -1,0 +1,60 @@
+"""Byte key-value stores: the contract (:mod:`.base`) and its backends.
+
+Locations (DESIGN §2.1):
+
+==============================  =============================================
+``/a/path`` or ``sqlite:///a``  SQLite through apsw (the embedded default)
+``leveldb:///abs/dir``          LevelDB through plyvel
+``memory:`` / ``memory:NAME``   in-memory reference backend (the oracle)
+==============================  =============================================
+"""
+
+from __future__ import annotations
+
+import os
+
+from .base import MAX_KEY_SIZE, Puts, Store
+from .memory import MemoryStore
+
+__all__ = ["MAX_KEY_SIZE", "MemoryStore", "Puts", "Store", "open_store", "parse_location"]
+
+
+def parse_location(location: str) -> tuple[str, str]:
+    """Split a location string into ``(scheme, rest)``; a plain path is ``sqlite``."""
+    if not isinstance(location, str | os.PathLike):
+        raise TypeError(f"a store location is a str or path, not {type(location).__name__}")
+    location = os.fspath(location)
+    if location.startswith("memory:"):
+        return "memory", location[len("memory:") :]
+    for scheme in ("sqlite", "leveldb"):
+        prefix = scheme + "://"
+        if location.startswith(prefix):
+            path = location[len(prefix) :]
+            if not path.startswith("/"):
+                raise ValueError(f"{scheme} locations take an absolute path: {scheme}:///abs/path")
+            return scheme, path
+    if "://" in location:
+        raise ValueError(f"unknown store location scheme in {location!r}")
+    if not location:
+        raise ValueError("empty store location")
+    return "sqlite", location
+
+
+def open_store(location: str, *, durable: bool = True, read_only: bool = False) -> Store:
+    """Open (creating it unless ``read_only``) the store at ``location``.
+
+    Raises :class:`~persist.errors.StoreNotFound` for a missing store opened
+    read-only, :class:`~persist.errors.NotAStore` when the location holds
+    something else, and :class:`~persist.errors.StoreLocked` when another
+    writer has it.
+    """
+    scheme, rest = parse_location(location)
+    if scheme == "memory":
+        return MemoryStore(rest, durable=durable, read_only=read_only)
+    if scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(rest, durable=durable, read_only=read_only)
+    from .leveldb import LevelDBStore
+
+    return LevelDBStore(rest, durable=durable, read_only=read_only)

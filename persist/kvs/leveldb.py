@@ -1,0 +1,142 @@
+"""The LevelDB backend through plyvel.
+
+A batch is one ``WriteBatch``, written with ``sync=True`` when durable, which
+LevelDB applies atomically (its log record is all or nothing).  Scans use an
+iterator over an implicit snapshot.  LevelDB's own ``LOCK`` file gives the
+single-writer rule, across processes and within one.
+
+LevelDB has no read-only mode that coexists with a writer: a read-only handle
+still takes the lock (so it raises ``StoreLocked`` while a writer is open) and
+refuses writes itself.  This is documented in ``docs/kvs.md``.
+
+plyvel releases the GIL inside its calls, so closing the database while another
+thread is inside ``get`` would free memory under it.  Every call therefore
+registers as in flight, and ``close`` waits until none is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+
+import plyvel
+
+from ..errors import (
+    ClosedError,
+    CorruptStore,
+    NotAStore,
+    StoreFull,
+    StoreIOError,
+    StoreLocked,
+    StoreNotFound,
+)
+from .base import Store
+
+__all__ = ["LevelDBStore"]
+
+
+class _InFlight:
+    """Counts calls into the database so that close can wait for them."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+        self.closing = False
+
+    @contextlib.contextmanager
+    def enter(self, location: str) -> Iterator[None]:
+        with self._cond:
+            if self.closing:
+                raise ClosedError(f"store {location} is closed")
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._count -= 1
+                if self._count == 0:
+                    self._cond.notify_all()
+
+    def drain(self) -> None:
+        with self._cond:
+            self.closing = True
+            while self._count:
+                self._cond.wait()
+
+
+def _looks_like_leveldb(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "CURRENT"))
+
+
+class LevelDBStore(Store):
+    def __init__(self, path: str, *, durable: bool = True, read_only: bool = False) -> None:
+        super().__init__(f"leveldb://{path}", durable=durable, read_only=read_only)
+        self._inflight = _InFlight()
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotAStore(f"{self.location} is a file, not a LevelDB directory")
+        if os.path.isdir(path) and os.listdir(path) and not _looks_like_leveldb(path):
+            raise NotAStore(f"{self.location} is a directory that is not a LevelDB store")
+        if read_only and not _looks_like_leveldb(path):
+            raise StoreNotFound(f"no store at {self.location}")
+        if not os.path.isdir(os.path.dirname(path.rstrip("/")) or "/"):
+            raise StoreNotFound(f"cannot create store {self.location}: no such directory")
+        try:
+            self._db = plyvel.DB(path, create_if_missing=not read_only, paranoid_checks=True)
+        except plyvel.IOError as exc:
+            if "lock" in str(exc):
+                raise StoreLocked(f"store {self.location} is open for writing elsewhere") from None
+            raise StoreIOError(f"cannot open store {self.location}: {exc}") from exc
+        except plyvel.CorruptionError as exc:
+            raise CorruptStore(f"LevelDB reports store {self.location} as corrupt") from exc
+        except plyvel.Error as exc:
+            raise StoreIOError(f"cannot open store {self.location}: {exc}") from exc
+
+    def _get(self, key: bytes) -> bytes | None:
+        with self._inflight.enter(self.location), self._translated():
+            return self._db.get(key)  # type: ignore[no-any-return]
+
+    def _scan(self, start: bytes, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        with self._inflight.enter(self.location), self._translated():
+            it = self._db.iterator(start=start, stop=stop)
+        try:
+            while True:
+                with self._inflight.enter(self.location), self._translated():
+                    item = next(it, None)
+                if item is None:
+                    return
+                yield item
+        finally:
+            with contextlib.suppress(Exception):
+                it.close()
+
+    def _write(self, puts: Iterator[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        with self._inflight.enter(self.location), self._translated():
+            batch = self._db.write_batch(sync=self.durable)
+            for key in deletes:
+                batch.delete(key)
+            for key, value in puts:  # may raise: then the batch is dropped unwritten
+                batch.put(key, value)
+            batch.write()
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except plyvel.CorruptionError as exc:
+            raise CorruptStore(f"LevelDB reports store {self.location} as corrupt") from exc
+        except plyvel.IOError as exc:
+            if "No space left" in str(exc):
+                raise StoreFull(
+                    f"store {self.location} is full: the batch was not written"
+                ) from exc
+            raise StoreIOError(f"I/O error on store {self.location}: {exc}") from exc
+        except RuntimeError as exc:  # plyvel: "Database is closed" / closed iterator
+            if self._closed:
+                raise ClosedError(f"store {self.location} is closed") from exc
+            raise
+
+    def _close(self) -> None:
+        self._inflight.drain()
+        self._db.close()

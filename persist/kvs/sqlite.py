@@ -1,0 +1,276 @@
+"""The SQLite backend through apsw: the embedded default.
+
+Layout: one ``WITHOUT ROWID`` table ``kv(k BLOB PRIMARY KEY, v BLOB)``; BLOB
+comparison is ``memcmp``, which is the contract's unsigned byte order.  The
+file is marked with ``PRAGMA application_id`` so that an unrelated SQLite
+database is refused rather than written into.
+
+Concurrency: WAL journal mode.  One write connection, serialized by a lock,
+and a pool of read connections, so that readers never queue behind a commit
+(a WAL reader sees the last committed state).  ``synchronous=FULL`` makes a
+commit durable on return; ``durable=False`` uses ``NORMAL``, which in WAL mode
+never corrupts but may lose the last commits on power loss.
+
+One writer: a writable handle holds an exclusive ``flock`` on the sidecar file
+``<path>-lock`` for its lifetime.  SQLite's own locks would let a second
+process write between our batches; the sidecar lock makes that an immediate
+``StoreLocked`` instead.  ``flock`` conflicts between two handles in the same
+process too, so a double open is refused the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+
+import apsw
+
+from ..errors import (
+    ClosedError,
+    CorruptStore,
+    NotAStore,
+    PersistError,
+    ReadOnlyError,
+    StoreError,
+    StoreFull,
+    StoreIOError,
+    StoreLocked,
+    StoreNotFound,
+)
+from .base import Store
+
+__all__ = ["APPLICATION_ID", "SQLiteStore"]
+
+#: ``PRAGMA application_id`` of a persist store: ASCII "prst" (docs/format.md).
+APPLICATION_ID = 0x70727374
+
+_SCHEMA = "CREATE TABLE kv (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL) WITHOUT ROWID"
+_BUSY_TIMEOUT_MS = 10_000
+
+
+def _translate(exc: apsw.Error, location: str) -> PersistError:
+    """Map an apsw exception onto the persist error tree."""
+    if isinstance(exc, apsw.FullError):
+        return StoreFull(f"store {location} is full: the batch was not written")
+    if isinstance(exc, apsw.CorruptError):
+        return CorruptStore(f"SQLite reports store {location} as corrupt")
+    if isinstance(exc, apsw.NotADBError):
+        return NotAStore(f"{location} is not an SQLite database")
+    if isinstance(exc, apsw.BusyError | apsw.LockedError):
+        return StoreLocked(f"store {location} is locked by another connection")
+    if isinstance(exc, apsw.ReadOnlyError):
+        return ReadOnlyError(f"store {location} is not writable")
+    if isinstance(exc, apsw.IOError):
+        return StoreIOError(f"I/O error on store {location}: {exc}")
+    if isinstance(exc, apsw.ConnectionClosedError | apsw.CursorClosedError):
+        return ClosedError(f"store {location} is closed")
+    return StoreError(f"SQLite error on store {location}: {exc}")
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str, *, durable: bool = True, read_only: bool = False) -> None:
+        super().__init__(path, durable=durable, read_only=read_only)
+        self._path = os.path.abspath(path)
+        self._write_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
+        self._idle: list[apsw.Connection] = []
+        self._all_readers: list[apsw.Connection] = []
+        self._lock_fd: int | None = None
+        self._writer: apsw.Connection | None = None
+        if os.path.isdir(self._path):
+            raise NotAStore(f"{path} is a directory, not an SQLite store")
+        exists = os.path.exists(self._path)
+        if read_only and not exists:
+            raise StoreNotFound(f"no store at {path}")
+        try:
+            if read_only:
+                self._release(self._new_reader())  # proves the file is a store
+            else:
+                self._take_lock()
+                self._writer = self._open_writer(created=not exists)
+        except BaseException:
+            self._close()
+            raise
+
+    # -- opening ---------------------------------------------------------------
+
+    def _take_lock(self) -> None:
+        try:
+            fd = os.open(self._path + "-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise StoreNotFound(f"cannot create store {self.location}: no such directory") from None
+        except OSError as exc:
+            raise StoreIOError(f"cannot open the lock file of {self.location}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StoreLocked(f"store {self.location} is open for writing elsewhere") from None
+            raise StoreIOError(f"cannot lock store {self.location}: {exc}") from exc
+        self._lock_fd = fd
+
+    def _connect(self, flags: int) -> apsw.Connection:
+        try:
+            conn = apsw.Connection(self._path, flags=flags)
+            conn.set_busy_timeout(_BUSY_TIMEOUT_MS)
+            return conn
+        except apsw.CantOpenError:
+            raise StoreNotFound(f"cannot open store {self.location}") from None
+        except apsw.Error as exc:
+            raise _translate(exc, self.location) from exc
+
+    def _open_writer(self, *, created: bool) -> apsw.Connection:
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        conn = self._connect(flags)
+        try:
+            self._check_schema(conn, creating=True)
+            sync = "FULL" if self.durable else "NORMAL"
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            if str(mode[0][0]).lower() != "wal":
+                raise StoreError(f"store {self.location} cannot use WAL mode")
+            conn.execute(f"PRAGMA synchronous={sync}")
+        except apsw.Error as exc:
+            conn.close()
+            raise _translate(exc, self.location) from exc
+        except BaseException:
+            conn.close()
+            raise
+        if created:
+            _fsync_dir(os.path.dirname(self._path))
+        return conn
+
+    def _check_schema(self, conn: apsw.Connection, *, creating: bool) -> None:
+        """Refuse a file that is not a persist store; create the table in a new one."""
+        app_id = conn.execute("PRAGMA application_id").fetchall()[0][0]
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")]
+        if app_id == APPLICATION_ID and tables == ["kv"]:
+            return
+        if app_id == 0 and not tables and creating:
+            with conn:
+                conn.execute(_SCHEMA)
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            return
+        if app_id == 0 and not tables:
+            raise NotAStore(f"{self.location} is an empty SQLite file, not a persist store")
+        raise NotAStore(f"{self.location} is an SQLite database, but not a persist store")
+
+    def _new_reader(self) -> apsw.Connection:
+        conn = self._connect(apsw.SQLITE_OPEN_READONLY)
+        try:
+            self._check_schema(conn, creating=False)
+        except apsw.Error as exc:
+            conn.close()
+            raise _translate(exc, self.location) from exc
+        except BaseException:
+            conn.close()
+            raise
+        with self._pool_lock:
+            if not self._closed:
+                self._all_readers.append(conn)
+                return conn
+        conn.close()
+        raise ClosedError(f"store {self.location} is closed")
+
+    # -- the read pool -----------------------------------------------------------
+
+    def _acquire(self) -> apsw.Connection:
+        with self._pool_lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._new_reader()
+
+    def _release(self, conn: apsw.Connection) -> None:
+        with self._pool_lock:
+            if not self._closed:
+                self._idle.append(conn)
+
+    # -- operations --------------------------------------------------------------
+
+    def _get(self, key: bytes) -> bytes | None:
+        conn = self._acquire()
+        try:
+            row = conn.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+        except apsw.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            self._release(conn)
+        if row is None:
+            return None
+        value = row[0]
+        assert isinstance(value, bytes)
+        return value
+
+    def _scan(self, start: bytes, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        conn = self._acquire()
+        try:
+            if stop is None:
+                cur = conn.execute("SELECT k, v FROM kv WHERE k >= ? ORDER BY k", (start,))
+            else:
+                cur = conn.execute(
+                    "SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k", (start, stop)
+                )
+            # One statement is one read transaction: the scan is a snapshot.
+            with contextlib.closing(cur):
+                for k, v in cur:
+                    yield k, v
+        except apsw.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            self._release(conn)
+
+    def _write(self, puts: Iterator[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        with self._write_lock:
+            conn = self._writer
+            if conn is None or self._closed:
+                raise ClosedError(f"store {self.location} is closed")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except apsw.Error as exc:
+                raise self._error(exc) from exc
+            try:
+                if deletes:
+                    conn.executemany("DELETE FROM kv WHERE k = ?", [(k,) for k in deletes])
+                conn.executemany("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", puts)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(apsw.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, apsw.Error):
+                    raise self._error(exc) from exc
+                raise
+
+    def _error(self, exc: apsw.Error) -> PersistError:
+        if self._closed:
+            return ClosedError(f"store {self.location} is closed")
+        return _translate(exc, self.location)
+
+    def _close(self) -> None:
+        self._closed = True
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        with self._pool_lock:
+            readers, self._all_readers, self._idle = self._all_readers, [], []
+        for conn in readers:
+            # A reader busy in another thread may refuse; it is then closed
+            # when that thread's statement ends and the connection is freed.
+            with contextlib.suppress(apsw.Error):
+                conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a newly created file's directory entry durable."""
+    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,155 @@
+"""What each backend does with bad locations, second processes and odd files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import apsw
+import pytest
+
+from persist.errors import NotAStore, PersistError, StoreLocked, StoreNotFound
+from persist.kvs import open_store, parse_location
+from persist.kvs.sqlite import APPLICATION_ID
+
+HOLD_OPEN = """
+import sys, time
+from persist.kvs import open_store
+s = open_store(sys.argv[1])
+print("open", flush=True)
+sys.stdin.readline()
+"""
+
+TRY_OPEN = """
+import sys, time
+from persist.kvs import open_store
+from persist.errors import StoreLocked
+t = time.monotonic()
+try:
+    open_store(sys.argv[1])
+except StoreLocked as e:
+    print("locked %.3f %s" % (time.monotonic() - t, e))
+else:
+    print("opened")
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "leveldb"])
+def test_second_process_gets_store_locked_promptly(location: str) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, location],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        out = subprocess.run(
+            [sys.executable, "-c", TRY_OPEN, location], capture_output=True, text=True, timeout=60
+        ).stdout
+        assert out.startswith("locked "), out
+        assert float(out.split()[1]) < 1.0  # refused at once, not after a busy timeout
+        assert location.split("://")[-1] in out  # the message names the location
+    finally:
+        holder.communicate("\n", timeout=30)
+    with open_store(location):  # released when the holder exits
+        pass
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "leveldb", "memory"])
+def test_missing_store_opened_read_only(location: str) -> None:
+    with pytest.raises(StoreNotFound, match="no store at"):
+        open_store(location, read_only=True)
+
+
+def test_missing_parent_directory(tmp_path: Path) -> None:
+    for loc in (str(tmp_path / "no" / "x.db"), f"leveldb://{tmp_path}/no/x"):
+        with pytest.raises(StoreNotFound):
+            open_store(loc)
+
+
+def test_directory_that_is_not_a_store(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("hello")
+    with pytest.raises(NotAStore, match=str(tmp_path / "d")):
+        open_store(f"leveldb://{tmp_path / 'd'}")
+    with pytest.raises(NotAStore, match="directory"):
+        open_store(str(tmp_path / "d"))
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["notes.txt"]
+
+
+def test_file_that_is_not_sqlite(tmp_path: Path) -> None:
+    f = tmp_path / "junk.db"
+    f.write_bytes(b"this is not a database, just some text " * 200)
+    before = f.read_bytes()
+    for ro in (False, True):
+        with pytest.raises(NotAStore, match=str(f)):
+            open_store(str(f), read_only=ro)
+    assert f.read_bytes() == before
+    with pytest.raises(NotAStore):
+        open_store(f"leveldb://{f}")
+
+
+def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "other.db"
+    conn = apsw.Connection(str(f))
+    conn.execute("CREATE TABLE customers (name TEXT)")
+    conn.close()
+    with pytest.raises(NotAStore, match="not a persist store"):
+        open_store(str(f))
+    conn = apsw.Connection(str(f))
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema")]
+    conn.close()
+    assert tables == ["customers"]
+
+
+def test_sqlite_file_layout(tmp_path: Path) -> None:
+    f = tmp_path / "s.db"
+    with open_store(str(f)) as s:
+        s.write({b"k": b"v"})
+    conn = apsw.Connection(str(f))
+    assert conn.execute("PRAGMA application_id").fetchall()[0][0] == APPLICATION_ID
+    assert conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
+    sql = conn.execute("SELECT sql FROM sqlite_schema WHERE name='kv'").fetchall()[0][0]
+    assert "WITHOUT ROWID" in sql
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "loc, want",
+    [
+        ("/a/b.db", ("sqlite", "/a/b.db")),
+        ("rel/b.db", ("sqlite", "rel/b.db")),
+        ("sqlite:///a/b.db", ("sqlite", "/a/b.db")),
+        ("leveldb:///a/dir", ("leveldb", "/a/dir")),
+        ("memory:", ("memory", "")),
+        ("memory:name", ("memory", "name")),
+    ],
+)
+def test_parse_location(loc: str, want: tuple[str, str]) -> None:
+    assert parse_location(loc) == want
+
+
+@pytest.mark.parametrize("loc", ["ftp://x", "sqlite://relative", "leveldb://rel", ""])
+def test_bad_locations(loc: str) -> None:
+    with pytest.raises(ValueError):
+        open_store(loc)
+
+
+def test_location_type() -> None:
+    with pytest.raises(TypeError):
+        open_store(42)  # type: ignore[arg-type]
+
+
+def test_errors_share_one_root() -> None:
+    for exc in (StoreLocked, StoreNotFound, NotAStore):
+        assert issubclass(exc, PersistError)
+
+
+def test_close_waits_for_nothing_when_idle(tmp_path: Path) -> None:
+    s = open_store(f"leveldb://{tmp_path}/l")
+    t = time.monotonic()
+    s.close()
+    assert time.monotonic() - t < 5
