@@ -216,8 +216,7 @@ class SQLiteStore(Store):
                 )
             # One statement is one read transaction: the scan is a snapshot.
             with contextlib.closing(cur):
-                for k, v in cur:
-                    yield k, v
+                yield from cur
         except apsw.Error as exc:
             raise self._error(exc) from exc
         finally:
