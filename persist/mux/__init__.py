@@ -1,5 +1,18 @@
-"""The mux layer:
-transaction multiplexer: commit waves, atomic blocks, commit-wait (DESIGN §2.4; issue 5).
+"""The transaction multiplexer: commit waves, atomic blocks, commit-wait (DESIGN §2.4).
 
-Not implemented yet; the package exists so the layer contract covers it.
+See the theory of operation in :mod:`persist.mux.multiplexer`.
 """
+
+from .multiplexer import AtomicBlock, Metrics, Multiplexer, MuxConfig
+from .wave import Changes, Wave, WaveState, WaveStore
+
+__all__ = [
+    "AtomicBlock",
+    "Changes",
+    "Metrics",
+    "Multiplexer",
+    "MuxConfig",
+    "Wave",
+    "WaveState",
+    "WaveStore",
+]

@@ -66,6 +66,8 @@ def test_kill_minus_nine(location: str, tmp_path: Path) -> None:
         def read_acks(p: subprocess.Popen[str] = proc, acks: list[int] = acked) -> None:
             assert p.stdout is not None
             for line in p.stdout:
+                if not line.endswith("\n"):  # cut by the kill: not an acknowledgement
+                    break
                 acks.append(int(line))
 
         reader = threading.Thread(target=read_acks)

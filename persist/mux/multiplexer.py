@@ -1,0 +1,545 @@
+"""The transaction multiplexer: many mutators, one persistence thread, commit waves.
+
+Theory of operation
+-------------------
+Mutators (threads or asyncio tasks) never touch storage.  A write is a
+dictionary update in the newest :class:`~persist.mux.wave.Wave` under one
+lock.  One persistence thread per database takes waves, oldest first, runs the
+pre-commit hooks, and hands each wave to the :class:`WaveStore` as one atomic,
+durable batch.  Numbered rules (docs/design.md repeats them):
+
+1. **Order.** Waves commit in number order.  The serialization order of all
+   writes is (wave number, order of the writes within the wave); every reader
+   sees that one order.  Reads look at the waves newest first, then at the
+   committed state, and never wait for a commit in flight.
+2. **Queue.** The queue holds every wave not yet durable; its newest wave is
+   OPEN, all others are CLOSING or being committed.  Plain writes go to the
+   newest wave.
+3. **Blocks.** An atomic block joins the newest wave when it starts (nested
+   blocks join their outermost block) and all its writes go to that wave.  A
+   CLOSING wave admits no new block; blocks starting meanwhile join the next
+   wave without waiting.  A wave is sealed only when none of its blocks is
+   open, and the close of its last block wakes the persistence thread, so no
+   other trigger is needed (liveness).
+4. **Scheduling.** The newest wave is closed (a new OPEN wave appended) when
+   (a) someone waits on it and no older wave is pending -- an idle writer
+   commits at once; (b) ``max_delay`` has passed since its first write; (c) it
+   reached its size cap; (d) the database is closing.  While a commit runs,
+   the next wave gathers every write and waiter that arrives meanwhile, which
+   is the group commit.  The next commit therefore starts no sooner than the
+   previous one ends and no later than ``max_delay`` after a wave's first
+   write, unless a commit takes longer than that.
+5. **Back-pressure.** When ``max_queued_waves`` closed waves wait, plain
+   writes and new blocks block until one is durable.  Writes inside an open
+   block never block (their wave cannot seal before the block ends).
+6. **Commit-wait** waits for the newest non-empty wave, which covers every
+   change made before the call, since waves commit in order.  Inside an
+   atomic block, or on the persistence thread, it raises ``RuntimeError``.
+7. **No rollback.** Nothing a mutator wrote is ever undone, not even when its
+   atomic block raised: a crash loses a suffix of waves, never part of one.
+8. **Poison.** If a pre-commit hook or the store fails, that wave and every
+   later one fail with :class:`~persist.errors.CommitFailed`, the overlays are
+   dropped (reads show the committed state) and every later write,
+   block or commit-wait raises until the database is reopened.
+9. **Hooks.** Pre-commit hooks run on the persistence thread before a wave is
+   sealed and their writes go into that wave.  Post-commit hooks run after the
+   wave is durable; an exception in one is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from types import TracebackType
+
+from ..errors import ClosedError, CommitFailed
+from .wave import Wave, WaveState, WaveStore
+
+__all__ = ["AtomicBlock", "Metrics", "Multiplexer", "MuxConfig"]
+
+log = logging.getLogger("persist.mux")
+
+
+@dataclass(frozen=True)
+class MuxConfig:
+    """The multiplexer's knobs (documented in docs/design.md)."""
+
+    #: Longest time a write waits before its wave starts committing, in seconds.
+    #: About 20 ms suits a local disk; a remote-backed store wants about 0.5 s.
+    max_delay: float = 0.020
+    #: A wave is closed early once it holds this many writes ...
+    wave_max_writes: int = 100_000
+    #: ... or this many bytes of keys and values.
+    wave_max_bytes: int = 64 * 1024 * 1024
+    #: Closed waves that may wait for the writer before mutators block.
+    max_queued_waves: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.max_delay >= 0:
+            raise ValueError("max_delay must be >= 0")
+        if self.wave_max_writes < 1 or self.wave_max_bytes < 1 or self.max_queued_waves < 1:
+            raise ValueError("wave caps and max_queued_waves must be >= 1")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    waves_committed: int
+    writes_committed: int
+    max_writes_per_wave: int
+    commit_seconds_total: float
+    last_commit_seconds: float
+    max_commit_seconds: float
+    queue_depth: int
+
+    @property
+    def writes_per_wave(self) -> float:
+        return self.writes_committed / self.waves_committed if self.waves_committed else 0.0
+
+    @property
+    def mean_commit_seconds(self) -> float:
+        return self.commit_seconds_total / self.waves_committed if self.waves_committed else 0.0
+
+
+def _owner() -> tuple[int, int]:
+    """The identity of the running thread and asyncio task (0 outside a task)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    return threading.get_ident(), id(task) if task is not None else 0
+
+
+class _Block:
+    """An open outermost atomic block.  It binds only its owner: a task spawned
+    inside it inherits the context variable but writes outside the block."""
+
+    __slots__ = ("active", "depth", "mux", "owner", "wave")
+
+    def __init__(self, mux: Multiplexer, wave: Wave) -> None:
+        self.mux = mux
+        self.wave = wave
+        self.depth = 1
+        self.active = True
+        self.owner = _owner()
+
+    def binds(self, mux: Multiplexer) -> bool:
+        return self.active and self.mux is mux and self.owner == _owner()
+
+
+_current_block: contextvars.ContextVar[_Block | None] = contextvars.ContextVar(
+    "persist_atomic_block", default=None
+)
+
+
+class Multiplexer:
+    """Folds the writes of many threads and tasks into commit waves."""
+
+    def __init__(self, store: WaveStore, config: MuxConfig | None = None, *, name: str = "persist"):
+        self._store = store
+        self.config = config or MuxConfig()
+        self._cond = threading.Condition()
+        self._waves: deque[Wave] = deque([Wave(1)])
+        self._overlay: tuple[Wave, ...] = tuple(self._waves)  # readers' lock-free view
+        self._next_number = 2
+        self._poison: BaseException | None = None
+        self._closing = False
+        self._hook_wave: Wave | None = None
+        self._pre_hooks: list[Callable[[], None]] = []
+        self._post_hooks: list[Callable[[int], None]] = []
+        self._waves_committed = 0
+        self._writes_committed = 0
+        self._max_writes = 0
+        self._commit_total = 0.0
+        self._commit_last = 0.0
+        self._commit_max = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"{name}-persistence", daemon=True)
+        self._thread.start()
+
+    # -- writes ------------------------------------------------------------------
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        self.write_many(table, ((key, value),))
+
+    def delete(self, table: str, key: bytes) -> None:
+        self.write_many(table, ((key, None),))
+
+    def write_many(self, table: str, items: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Record ``(key, value-or-None)`` changes in one wave, under one lock."""
+        blk = _current_block.get()
+        with self._cond:
+            wave = self._target_wave(blk)
+            first = wave.empty
+            for key, value in items:
+                wave.record(table, key, value, self.config.max_delay)
+            if first or self._over_cap(wave):
+                self._cond.notify_all()
+
+    def _target_wave(self, blk: _Block | None) -> Wave:
+        """REQUIRES: lock held.  The wave a write from this context belongs to."""
+        if blk is not None and blk.binds(self):
+            self._check_poison()
+            return blk.wave
+        if self._hook_wave is not None and threading.current_thread() is self._thread:
+            return self._hook_wave
+        self._check_writable()
+        self._wait_for_room()
+        wave = self._waves[-1]
+        if self._over_cap(wave):
+            self._close_newest()
+            self._wait_for_room()
+            wave = self._waves[-1]
+        return wave
+
+    def _over_cap(self, wave: Wave) -> bool:
+        cfg = self.config
+        return wave.writes >= cfg.wave_max_writes or wave.bytes >= cfg.wave_max_bytes
+
+    def _wait_for_room(self) -> None:
+        """REQUIRES: lock held.  Back-pressure (rule 5)."""
+        while len(self._waves) - 1 >= self.config.max_queued_waves:
+            self._cond.wait()
+            self._check_writable()
+
+    def _check_poison(self) -> None:
+        if self._poison is not None:
+            raise CommitFailed(f"an earlier commit failed: {self._poison!r}") from self._poison
+
+    def _check_writable(self) -> None:
+        self._check_poison()
+        if self._closing:
+            raise ClosedError("the database is closed")
+
+    def _close_newest(self) -> None:
+        """REQUIRES: lock held.  Close the OPEN wave and append a new one (rule 2)."""
+        newest = self._waves[-1]
+        newest.state = WaveState.CLOSING
+        self._waves.append(Wave(self._next_number))
+        self._next_number += 1
+        self._overlay = tuple(self._waves)
+        self._cond.notify_all()
+
+    # -- atomic blocks -----------------------------------------------------------
+
+    def atomic(self) -> AtomicBlock:
+        """A context manager (``with`` and ``async with``) whose writes land in one wave."""
+        return AtomicBlock(self)
+
+    def _enter_block(self, *, wait: bool) -> contextvars.Token[_Block | None] | None:
+        outer = _current_block.get()
+        if outer is not None and outer.binds(self):
+            outer.depth += 1
+            return None
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("atomic blocks cannot start in a commit hook")
+        with self._cond:
+            self._check_writable()
+            if wait:
+                self._wait_for_room()
+            wave = self._waves[-1]
+            wave.open_blocks += 1
+        return _current_block.set(_Block(self, wave))
+
+    def _exit_block(self, token: contextvars.Token[_Block | None] | None) -> None:
+        blk = _current_block.get()
+        assert blk is not None and blk.mux is self
+        if token is None:  # a nested block
+            blk.depth -= 1
+            return
+        with self._cond:
+            blk.active = False
+            blk.wave.open_blocks -= 1
+            if blk.wave.open_blocks == 0 and blk.wave.state is WaveState.CLOSING:
+                self._cond.notify_all()  # rule 3: the last block's end seals the wave
+        _current_block.reset(token)
+
+    def _room_available(self) -> bool:
+        with self._cond:
+            return len(self._waves) - 1 < self.config.max_queued_waves
+
+    def _block_until_room(self) -> None:
+        with self._cond:
+            self._check_writable()
+            self._wait_for_room()
+
+    # -- commit-wait -------------------------------------------------------------
+
+    def commit_wait(self, timeout: float | None = None) -> None:
+        """Return when every change made before the call is durable (rule 6)."""
+        fut = self._request_wait()
+        if fut is not None:
+            self._result(fut, timeout)
+
+    async def acommit_wait(self) -> None:
+        """``commit_wait`` for asyncio: awaits without blocking the event loop."""
+        fut = self._request_wait()
+        if fut is not None:
+            try:
+                await asyncio.wrap_future(fut)
+            except CommitFailed as exc:
+                raise CommitFailed(str(exc)) from exc.__cause__
+
+    def _result(self, fut: Future[None], timeout: float | None) -> None:
+        try:
+            fut.result(timeout)
+        except CommitFailed as exc:
+            raise CommitFailed(str(exc)) from exc.__cause__  # a fresh one per waiter
+
+    def _request_wait(self) -> Future[None] | None:
+        blk = _current_block.get()
+        if blk is not None and blk.binds(self):
+            raise RuntimeError("commit_wait inside an atomic block would wait for itself")
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("commit_wait in a commit hook would wait for itself")
+        with self._cond:
+            self._check_poison()
+            target = next((w for w in reversed(self._waves) if not w.empty), None)
+            if target is None:
+                return None
+            target.waiters += 1
+            self._cond.notify_all()
+            return target.future
+
+    # -- reads -------------------------------------------------------------------
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        """The newest value of ``key``: waves newest first, then committed (rule 1)."""
+        for wave in reversed(self._overlay):
+            found, value = wave.lookup(table, key)
+            if found:
+                return value
+        return self._store.get(table, key)
+
+    def scan(
+        self,
+        table: str,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Merged ``(key, value)`` pairs of the waves and the committed state."""
+        pending: dict[bytes, bytes | None] = {}
+        for wave in self._overlay:  # oldest first, so newer waves win
+            tab = wave.changes.get(table)
+            if tab:
+                for k, v in tab.copy().items():  # dict.copy is atomic under the GIL
+                    if (start is None or k >= start) and (stop is None or k < stop):
+                        pending[k] = v
+        committed = self._store.scan(table, start, stop, reverse)
+        if not pending:
+            yield from committed
+            return
+        yield from _merge(committed, sorted(pending.items(), reverse=reverse), reverse)
+
+    # -- hooks and metrics -------------------------------------------------------
+
+    def add_pre_commit_hook(self, hook: Callable[[], None]) -> None:
+        """``hook()`` runs on the persistence thread before each wave seals (rule 9)."""
+        self._pre_hooks.append(hook)
+
+    def add_post_commit_hook(self, hook: Callable[[int], None]) -> None:
+        """``hook(wave_number)`` runs after each wave is durable (rule 9)."""
+        self._post_hooks.append(hook)
+
+    def metrics(self) -> Metrics:
+        with self._cond:
+            return Metrics(
+                waves_committed=self._waves_committed,
+                writes_committed=self._writes_committed,
+                max_writes_per_wave=self._max_writes,
+                commit_seconds_total=self._commit_total,
+                last_commit_seconds=self._commit_last,
+                max_commit_seconds=self._commit_max,
+                queue_depth=len(self._waves) - 1,
+            )
+
+    @property
+    def poisoned(self) -> BaseException | None:
+        return self._poison
+
+    # -- closing -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Commit what is pending, stop the persistence thread, close the store."""
+        blk = _current_block.get()
+        if blk is not None and blk.binds(self):
+            raise RuntimeError("close inside an atomic block would wait for itself")
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("close in a commit hook would wait for itself")
+        with self._cond:
+            already = self._closing
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        if not already:
+            self._store.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    # -- the persistence thread --------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            wave = self._next_wave()
+            if wave is None:
+                return
+            try:
+                self._run_pre_hooks(wave)
+                with self._cond:
+                    wave.state = WaveState.SEALED
+                started = time.monotonic()
+                self._store.commit_wave(wave.number, wave.changes)
+                elapsed = time.monotonic() - started
+            except BaseException as exc:  # every failure poisons (rule 8)
+                self._fail(exc)
+                return
+            self._finish(wave, elapsed)
+
+    def _next_wave(self) -> Wave | None:
+        """Wait until the oldest wave may seal (rules 3, 4); None when done."""
+        with self._cond:
+            while True:
+                if self._poison is not None:
+                    return None
+                now = time.monotonic()
+                newest = self._waves[-1]
+                if not newest.empty and (
+                    self._closing
+                    or (newest.waiters and len(self._waves) == 1)
+                    or (newest.deadline is not None and now >= newest.deadline)
+                    or self._over_cap(newest)
+                ):
+                    self._close_newest()
+                oldest = self._waves[0]
+                if oldest.state is WaveState.CLOSING and oldest.open_blocks == 0:
+                    return oldest
+                if self._closing and len(self._waves) == 1 and oldest.open_blocks == 0:
+                    return None
+                timeout = None
+                if newest.deadline is not None and newest.state is WaveState.OPEN:
+                    timeout = max(newest.deadline - now, 0.0)
+                self._cond.wait(timeout)
+
+    def _run_pre_hooks(self, wave: Wave) -> None:
+        if not self._pre_hooks:
+            return
+        with self._cond:
+            self._hook_wave = wave
+        try:
+            for hook in self._pre_hooks:
+                hook()
+        finally:
+            with self._cond:
+                self._hook_wave = None
+
+    def _finish(self, wave: Wave, elapsed: float) -> None:
+        with self._cond:
+            assert self._waves[0] is wave
+            self._waves.popleft()
+            self._overlay = tuple(self._waves)
+            wave.state = WaveState.DONE
+            self._waves_committed += 1
+            self._writes_committed += wave.writes
+            self._max_writes = max(self._max_writes, wave.writes)
+            self._commit_total += elapsed
+            self._commit_last = elapsed
+            self._commit_max = max(self._commit_max, elapsed)
+            self._cond.notify_all()
+        wave.future.set_result(None)
+        for hook in self._post_hooks:
+            try:
+                hook(wave.number)
+            except Exception:
+                log.exception("post-commit hook %r failed; the wave is durable", hook)
+
+    def _fail(self, exc: BaseException) -> None:
+        log.error("commit failed; the database is poisoned until reopened: %r", exc)
+        with self._cond:
+            self._poison = exc
+            failed = list(self._waves)
+            for wave in failed:
+                wave.state = WaveState.DONE
+            self._waves = deque([Wave(self._next_number)])
+            self._next_number += 1
+            self._overlay = ()
+            self._cond.notify_all()
+        error = CommitFailed(f"commit failed: {exc!r}")
+        error.__cause__ = exc
+        for wave in failed:
+            wave.future.set_exception(error)
+
+
+class AtomicBlock:
+    """``with mux.atomic():`` / ``async with mux.atomic():`` -- see rule 3 and rule 7."""
+
+    __slots__ = ("_mux", "_token")
+
+    def __init__(self, mux: Multiplexer) -> None:
+        self._mux = mux
+        self._token: contextvars.Token[_Block | None] | None = None
+
+    def __enter__(self) -> AtomicBlock:
+        self._token = self._mux._enter_block(wait=True)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._mux._exit_block(self._token)
+
+    async def __aenter__(self) -> AtomicBlock:
+        # Back-pressure must not block the event loop: wait in a worker thread,
+        # then enter here so the block is bound to this task's context.
+        if not self._mux._room_available():
+            await asyncio.to_thread(self._mux._block_until_room)
+        self._token = self._mux._enter_block(wait=False)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._mux._exit_block(self._token)
+
+
+def _merge(
+    committed: Iterator[tuple[bytes, bytes]],
+    pending: list[tuple[bytes, bytes | None]],
+    reverse: bool,
+) -> Iterator[tuple[bytes, bytes]]:
+    """Merge two sorted streams; ``pending`` wins on equal keys, ``None`` deletes."""
+    i = 0
+    n = len(pending)
+
+    def before(a: bytes, b: bytes) -> bool:
+        return a > b if reverse else a < b
+
+    for key, value in committed:
+        while i < n and before(pending[i][0], key):
+            pk, pv = pending[i]
+            i += 1
+            if pv is not None:
+                yield pk, pv
+        if i < n and pending[i][0] == key:
+            pv = pending[i][1]
+            i += 1
+            if pv is not None:
+                yield key, pv
+            continue
+        yield key, value
+    for pk, pv in pending[i:]:
+        if pv is not None:
+            yield pk, pv

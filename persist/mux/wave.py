@@ -1,0 +1,118 @@
+"""Waves: the unit of group commit, and the interface of what they commit into.
+
+A :class:`Wave` is an in-memory overlay of changes, ``table -> key -> value``
+where ``None`` means "deleted".  It lives in the multiplexer's queue from its
+first write until it is durable.  States, in order::
+
+    OPEN      the newest wave; plain writes and new atomic blocks join it
+    CLOSING   a seal was requested: no new block joins, its open blocks finish
+    SEALED    no block is open and the pre-commit hooks have run: immutable
+    DONE      committed (``future`` resolved) or failed (``future`` raised)
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
+from typing import Protocol
+
+__all__ = ["Changes", "Wave", "WaveState", "WaveStore"]
+
+#: A wave's content: table name -> key -> new value, ``None`` for a delete.
+Changes = dict[str, dict[bytes, bytes | None]]
+
+
+class WaveState(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    SEALED = "sealed"
+    DONE = "done"
+
+
+class Wave:
+    """One commit wave.  Mutated only under the multiplexer's lock until SEALED."""
+
+    __slots__ = (
+        "bytes",
+        "changes",
+        "deadline",
+        "first_write",
+        "future",
+        "number",
+        "open_blocks",
+        "state",
+        "waiters",
+        "writes",
+    )
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.changes: Changes = {}
+        self.state = WaveState.OPEN
+        self.open_blocks = 0
+        self.waiters = 0
+        self.writes = 0  # write calls, including overwrites of one key
+        self.bytes = 0  # approximate memory held: keys plus values
+        self.first_write: float | None = None
+        self.deadline: float | None = None
+        self.future: Future[None] = Future()
+
+    def record(self, table: str, key: bytes, value: bytes | None, max_delay: float) -> None:
+        """REQUIRES: the multiplexer's lock held and the wave not SEALED."""
+        tab = self.changes.get(table)
+        if tab is None:
+            tab = self.changes[table] = {}
+        tab[key] = value
+        self.writes += 1
+        self.bytes += len(key) + (len(value) if value is not None else 0)
+        if self.first_write is None:
+            self.first_write = time.monotonic()
+            self.deadline = self.first_write + max_delay
+
+    @property
+    def empty(self) -> bool:
+        return self.writes == 0
+
+    def lookup(self, table: str, key: bytes) -> tuple[bool, bytes | None]:
+        """``(found, value)``: whether this wave changed ``key``, and to what."""
+        tab = self.changes.get(table)
+        if tab is None or key not in tab:
+            return False, None
+        return True, tab[key]
+
+    def __repr__(self) -> str:
+        return (
+            f"<Wave {self.number} {self.state.value} writes={self.writes} "
+            f"blocks={self.open_blocks} waiters={self.waiters}>"
+        )
+
+
+class WaveStore(Protocol):
+    """What the multiplexer commits into: the committed, durable state.
+
+    Implementations: the tree-backed store of the db layer, and the plain
+    reference store in :mod:`persist.testing.wavestore`.
+    """
+
+    def commit_wave(self, number: int, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> None:
+        """Make ``changes`` durable as one atomic batch, then visible to readers.
+
+        Called only from the persistence thread, once per wave, in wave order.
+        On return the wave is durable and :meth:`get` and :meth:`scan` see it.
+        On an exception nothing of it may be visible to readers of this
+        process; whether it reached the disk is unknown (the multiplexer then
+        poisons the database).
+        """
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        """The committed value, read without waiting for a commit in flight."""
+
+    def scan(
+        self, table: str, start: bytes | None, stop: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Committed ``(key, value)`` pairs with ``start <= key < stop`` in order."""
+
+    def close(self) -> None:
+        """Release the store; called once, after the last commit."""
