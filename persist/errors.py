@@ -9,7 +9,8 @@ two users collided":
 
 * :class:`ClosedError` -- the object was closed by its user.
 * :class:`StoreError` -- the storage environment failed or refused:
-  :class:`StoreLocked` (another writer holds it), :class:`StoreNotFound`,
+  :class:`StoreLocked` (another writer holds it), :class:`StoreExists`,
+  :class:`StoreNotFound`,
   :class:`NotAStore`, :class:`StoreFull`, :class:`StoreIOError`,
   :class:`ReadOnlyError`.
 * :class:`IntegrityError` -- stored bytes are damaged, tampered with or out of
@@ -19,6 +20,8 @@ two users collided":
 * :class:`NotFound` -- a missing entry; also a :class:`KeyError`.
 * :class:`CommitFailed` -- a commit failed; the database is poisoned until
   reopened.
+* :class:`RotationUnfinished` -- an interrupted master-key rotation awaits
+  ``resume_rekey`` or ``abort_rekey``.
 
 Messages never contain key material, passphrases or plaintext.
 """
@@ -36,7 +39,9 @@ __all__ = [
     "PersistError",
     "ReadOnlyError",
     "RollbackDetected",
+    "RotationUnfinished",
     "StoreError",
+    "StoreExists",
     "StoreFull",
     "StoreIOError",
     "StoreLocked",
@@ -56,6 +61,10 @@ class ClosedError(PersistError):
 
 class StoreError(PersistError):
     """The storage backend failed or refused an operation."""
+
+
+class StoreExists(StoreError):
+    """A new store was to be created where one already exists."""
 
 
 class StoreLocked(StoreError):
@@ -114,6 +123,10 @@ class NotFound(PersistError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep it plain
         return Exception.__str__(self)
+
+
+class RotationUnfinished(PersistError):
+    """A master-key rotation was interrupted: resume or abort it first."""
 
 
 class CommitFailed(PersistError):

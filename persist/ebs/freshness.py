@@ -1,0 +1,142 @@
+"""The freshness record: what this machine last saw of a store, kept outside it.
+
+A host that keeps an old copy of the whole store can serve it back; every row
+in it authenticates, so nothing inside the store can tell.  The freshness
+record (db id, transaction count, root digest; docs/format.md "Freshness
+record") lives where the host cannot reach it, by default in the user's state
+directory, and turns such a store into an error on open:
+
+* another database id               -> :class:`~persist.errors.WrongDatabase`
+* a lower transaction count         -> :class:`~persist.errors.RollbackDetected`
+* the same count, another root      -> :class:`~persist.errors.ForkDetected`
+* one commit ahead, not our child   -> :class:`~persist.errors.ForkDetected`
+
+A store further ahead is accepted (another writer, or a crash between the
+store's commit and the record's update); only its next-to-last root is in the
+store, so a fork more than one commit back cannot be told from progress.
+Without a record the first open trusts what it finds (trust on first use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeAlias
+
+from ..errors import ForkDetected, IntegrityError, RollbackDetected, WrongDatabase
+from .root import RootRecord
+
+__all__ = ["FreshnessLocation", "FreshnessRecord", "check_freshness", "resolve_location"]
+
+#: ``None``: the default location; a path: that file; ``False``: no record.
+FreshnessLocation: TypeAlias = "str | os.PathLike[str] | Literal[False] | None"
+
+_FORMAT = "persist-freshness"
+_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FreshnessRecord:
+    """The last root of a store this machine committed or opened."""
+
+    db_id: bytes
+    count: int
+    root_digest: bytes
+
+    @classmethod
+    def of(cls, root: RootRecord) -> FreshnessRecord:
+        return cls(root.db_id, root.count, root.digest)
+
+    @classmethod
+    def load(cls, path: Path) -> FreshnessRecord | None:
+        """The record at ``path``, None if there is none, IntegrityError if unreadable."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+            if data["format"] != _FORMAT or data["version"] != _VERSION:
+                raise ValueError("unknown format")
+            record = cls(
+                bytes.fromhex(data["db_id"]), int(data["count"]), bytes.fromhex(data["root_digest"])
+            )
+            if len(record.db_id) != 16 or len(record.root_digest) != 32 or record.count < 0:
+                raise ValueError("bad field")
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError(
+                f"freshness record {path} is unreadable; delete it to trust the store as it is"
+            ) from None
+        return record
+
+    def save(self, path: Path) -> None:
+        """Replace the record at ``path`` atomically and durably."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "db_id": self.db_id.hex(),
+            "count": self.count,
+            "root_digest": self.root_digest.hex(),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _state_dir() -> Path:
+    explicit = os.environ.get("PERSIST_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "persist"
+
+
+def resolve_location(freshness: FreshnessLocation, store_location: str) -> Path | None:
+    """Where the record of the store at ``store_location`` lives, or None for none.
+
+    The default is ``$PERSIST_STATE_DIR`` (else ``$XDG_STATE_HOME/persist``,
+    else ``~/.local/state/persist``) ``/freshness/<hash of the location>.json``.
+    An anonymous ``memory:`` store has no stable location and gets no record.
+    """
+    if freshness is False:
+        return None
+    if freshness is not None:
+        if not isinstance(freshness, str | os.PathLike):
+            raise TypeError("freshness is a path, None (default location) or False")
+        return Path(freshness)
+    if store_location == "memory:":
+        return None
+    name = hashlib.blake2b(store_location.encode("utf-8"), digest_size=16).hexdigest()
+    return _state_dir() / "freshness" / f"{name}.json"
+
+
+def check_freshness(record: FreshnessRecord | None, current: RootRecord) -> None:
+    """Raise if ``current`` cannot be the successor of (or equal to) ``record``."""
+    if record is None:
+        return
+    if record.db_id != current.db_id:
+        raise WrongDatabase("the store holds another database than the freshness record names")
+    if current.count < record.count:
+        raise RollbackDetected(
+            f"the store is at transaction {current.count}, "
+            f"but this machine has seen transaction {record.count}"
+        )
+    if current.count == record.count and current.digest != record.root_digest:
+        raise ForkDetected(f"transaction {current.count} differs from the one this machine saw")
+    if current.count == record.count + 1 and current.prev_digest != record.root_digest:
+        raise ForkDetected(
+            f"transaction {current.count} does not follow the transaction this machine saw"
+        )
