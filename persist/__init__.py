@@ -1,10 +1,26 @@
 """persist: encrypted orthogonal persistence for Python.
 
-The application API (``persist.open``) arrives with the db layer; today the
-package offers the key-value store layer (:mod:`persist.kvs`) and the error
-hierarchy, re-exported here.
+::
+
+    import persist
+    with persist.open("state.db", passphrase="...") as db:
+        db.root["config"] = {"retries": 3}
+        db.table("accounts")["alice"] = 10
+        db.commit_wait()
+
+See docs/api.md.
 """
 
+from .db import (
+    Database,
+    Persistent,
+    PersistentDict,
+    PersistentList,
+    RecordRegistry,
+    Table,
+    open,
+    record,
+)
 from .errors import (
     ClosedError,
     CommitFailed,
@@ -16,7 +32,10 @@ from .errors import (
     PersistError,
     ReadOnlyError,
     RollbackDetected,
+    RotationUnfinished,
+    SchemaError,
     StoreError,
+    StoreExists,
     StoreFull,
     StoreIOError,
     StoreLocked,
@@ -31,19 +50,30 @@ __all__ = [
     "ClosedError",
     "CommitFailed",
     "CorruptStore",
+    "Database",
     "ForkDetected",
     "IntegrityError",
     "NotAStore",
     "NotFound",
     "PersistError",
+    "Persistent",
+    "PersistentDict",
+    "PersistentList",
     "ReadOnlyError",
+    "RecordRegistry",
     "RollbackDetected",
+    "RotationUnfinished",
+    "SchemaError",
     "StoreError",
+    "StoreExists",
     "StoreFull",
     "StoreIOError",
     "StoreLocked",
     "StoreNotFound",
+    "Table",
     "WrongDatabase",
     "WrongPassphrase",
     "__version__",
+    "open",
+    "record",
 ]

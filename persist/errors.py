@@ -40,6 +40,7 @@ __all__ = [
     "ReadOnlyError",
     "RollbackDetected",
     "RotationUnfinished",
+    "SchemaError",
     "StoreError",
     "StoreExists",
     "StoreFull",
@@ -127,6 +128,10 @@ class NotFound(PersistError, KeyError):
 
 class RotationUnfinished(PersistError):
     """A master-key rotation was interrupted: resume or abort it first."""
+
+
+class SchemaError(PersistError):
+    """Stored data does not fit the record or object types this process knows."""
 
 
 class CommitFailed(PersistError):

@@ -1,5 +1,23 @@
-"""The db layer:
-the application API: persist.open, root, tables, Persistent objects (DESIGN §2.5; issue 6).
+"""The application API (DESIGN §2.5): ``persist.open``, tables, records, objects."""
 
-Not implemented yet; the package exists so the layer contract covers it.
-"""
+from .database import Database, open
+from .keys import decode_key, encode_key
+from .objects import Persistent, PersistentDict, PersistentList
+from .table import RangeView, Table
+from .values import RecordRegistry, SchemaError, record, records
+
+__all__ = [
+    "Database",
+    "Persistent",
+    "PersistentDict",
+    "PersistentList",
+    "RangeView",
+    "RecordRegistry",
+    "SchemaError",
+    "Table",
+    "decode_key",
+    "encode_key",
+    "open",
+    "record",
+    "records",
+]

@@ -36,6 +36,7 @@ from ..errors import (
     CommitFailed,
     IntegrityError,
     ReadOnlyError,
+    RollbackDetected,
     StoreExists,
     StoreNotFound,
 )
@@ -203,6 +204,23 @@ class EncryptedStore:
     def root(self) -> RootRecord:
         """The current root record."""
         return self._root
+
+    def reload_root(self) -> RootRecord:
+        """Re-read the root slots (a reader following a writer); never go back.
+
+        Raises RollbackDetected when the newest valid root is older than the
+        one this handle already saw.
+        """
+        with self._lock:
+            self.check_open()
+            valid = [r for r in read_roots(self.kvs, self._keys) if isinstance(r, RootRecord)]
+            if not valid:
+                raise IntegrityError("the store has no valid root record")
+            root = max(valid, key=lambda r: r.count)
+            if root.count < self._root.count:
+                raise RollbackDetected("the store went back to an older root while open")
+            self._root = root
+            return root
 
     @property
     def keyring(self) -> KeyRing:

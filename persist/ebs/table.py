@@ -79,6 +79,12 @@ class Table:
             raise missing_error(RowKind.NODE, bytes(nid))
         return value
 
+    def has_node(self, nid: bytes) -> bool:
+        """Whether a row exists at node ``nid``'s address (no decryption: a hint
+        for reference counting; :meth:`read_node` is what authenticates)."""
+        self.live_keys()
+        return self._store.kvs.get(_check_node_id(nid)) is not None
+
     def read_row(self, key: bytes) -> bytes | None:
         """The value of the mutable row ``key``, or None when there is none.
 

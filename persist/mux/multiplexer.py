@@ -337,6 +337,19 @@ class Multiplexer:
             return
         yield from _merge(committed, sorted(pending.items(), reverse=reverse), reverse)
 
+    def count(self, table: str) -> int:
+        """Entries of ``table``: the committed count adjusted by the pending waves."""
+        final: dict[bytes, bytes | None] = {}
+        for wave in self._overlay:
+            tab = wave.changes.get(table)
+            if tab:
+                final.update(tab.copy())
+        n = self._store.count(table)
+        for key, value in final.items():
+            before = self._store.get(table, key) is not None
+            n += (value is not None) - before
+        return n
+
     # -- hooks and metrics -------------------------------------------------------
 
     def add_pre_commit_hook(self, hook: Callable[[], None]) -> None:

@@ -114,5 +114,8 @@ class WaveStore(Protocol):
     ) -> Iterator[tuple[bytes, bytes]]:
         """Committed ``(key, value)`` pairs with ``start <= key < stop`` in order."""
 
+    def count(self, table: str) -> int:
+        """The number of committed entries of ``table``."""
+
     def close(self) -> None:
         """Release the store; called once, after the last commit."""

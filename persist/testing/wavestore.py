@@ -63,5 +63,8 @@ class PlainWaveStore:
         else:
             yield from items
 
+    def count(self, table: str) -> int:
+        return sum(1 for _ in self.scan(table, None, None, False))
+
     def close(self) -> None:
         self.store.close()

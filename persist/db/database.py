@@ -1,0 +1,323 @@
+"""The application's entry point: :func:`open` and :class:`Database` (DESIGN §2.5).
+
+Stack, top to bottom: :class:`~persist.db.table.Table` s and
+:class:`~persist.db.objects.Persistent` objects encode keys and values; the
+:class:`~persist.mux.Multiplexer` folds their writes into waves; the
+:class:`~persist.db.treestore.TreeWaveStore` applies each wave to one
+Merkle B-tree per table in the :class:`~persist.ebs.EncryptedStore`, which
+writes it as one atomic batch to the kvs store.
+
+A read-only database has no persistence thread: it reads the committed state
+as of its opening (call :meth:`Database.refresh` to see later commits).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import cbor2
+
+from ..ebs import EncryptedStore, KdfParams
+from ..errors import ClosedError, ReadOnlyError, StoreNotFound
+from ..kvs import open_store
+from ..mux import AtomicBlock, Metrics, Multiplexer, MuxConfig
+from .keys import decode_key, encode_key
+from .objects import OBJECTS, PERSISTENT_CLASSES, Access, ObjectSpace
+from .table import Table
+from .treestore import TreeWaveStore
+from .values import RecordRegistry, ValueCodec, records
+from .verify import Issue, verify_trees
+
+__all__ = ["ROOT", "SCHEMA", "Database", "open"]
+
+ROOT = "__root__"
+SCHEMA = "__schema__"
+_RESERVED = "__"
+
+KeyArg = bytes | str | os.PathLike[str]
+
+
+def open(
+    location: str | os.PathLike[str],
+    passphrase: str | None = None,
+    *,
+    key: KeyArg | None = None,
+    read_only: bool = False,
+    create: bool = True,
+    kdf: KdfParams | None = None,
+    allow_weak_kdf: bool = False,
+    freshness: str | os.PathLike[str] | bool | None = None,
+    config: MuxConfig | None = None,
+    durable: bool = True,
+    cache_nodes: int = 50_000,
+    registry: RecordRegistry | None = None,
+) -> Database:
+    """Open the database at ``location``, creating it if it is missing and ``create``.
+
+    Give exactly one of ``passphrase`` and ``key`` (32 raw bytes or a key
+    file).  ``kdf`` sets the Argon2id cost of a new store (default: t=3,
+    256 MiB, p=4); ``allow_weak_kdf`` admits the weak profile meant for tests.
+    ``freshness`` is where the freshness record lives (None: the user's state
+    directory; False: none, trust on first use).  ``config`` tunes the
+    multiplexer (docs/design.md).  ``registry`` holds the record types
+    (default: the process-wide one that ``@persist.record`` fills).
+    """
+    if (passphrase is None) == (key is None):
+        raise TypeError("give exactly one of passphrase= and key=")
+    if passphrase is not None and not isinstance(passphrase, str):
+        raise TypeError("the passphrase must be a str")
+    store = open_store(os.fspath(location), durable=durable, read_only=read_only)
+    try:
+        fresh = freshness if freshness is not True else None
+        if next(store.scan(), None) is None:
+            if read_only or not create:
+                raise StoreNotFound(f"no database at {store.location}")
+            ebs = EncryptedStore.create(
+                store,
+                passphrase,
+                key=key,
+                kdf=kdf or KdfParams.default(),
+                allow_weak_kdf=allow_weak_kdf,
+                freshness=fresh,
+            )
+        else:
+            ebs = EncryptedStore.open(
+                store, passphrase, key=key, allow_weak_kdf=allow_weak_kdf, freshness=fresh
+            )
+    except BaseException:
+        store.close()
+        raise
+    try:
+        return Database(
+            ebs,
+            read_only=read_only,
+            config=config,
+            cache_nodes=cache_nodes,
+            registry=registry if registry is not None else records,
+        )
+    except BaseException:
+        ebs.close()
+        store.close()
+        raise
+
+
+class _Reader:
+    """The read path of a read-only database: the committed trees, no waves."""
+
+    def __init__(self, trees: TreeWaveStore) -> None:
+        self.trees = trees
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return self.trees.get(table, key)
+
+    def scan(
+        self,
+        table: str,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        return self.trees.scan(table, start, stop, reverse)
+
+    def count(self, table: str) -> int:
+        return self.trees.count(table)
+
+    def put(self, table: str, key: bytes, value: bytes) -> None:
+        raise ReadOnlyError("the database is open read-only")
+
+    def delete(self, table: str, key: bytes) -> None:
+        raise ReadOnlyError("the database is open read-only")
+
+    def write_many(self, table: str, items: Iterable[tuple[bytes, bytes | None]]) -> None:
+        raise ReadOnlyError("the database is open read-only")
+
+
+_open_databases: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Commit what is pending when the interpreter exits without ``close``."""
+    for db in list(_open_databases):
+        with contextlib.suppress(Exception):  # best effort: pending waves are then lost
+            db.close()
+
+
+class Database:
+    """An open database.  Use :func:`open`; close it (or use ``with``) when done."""
+
+    def __init__(
+        self,
+        ebs: EncryptedStore,
+        *,
+        read_only: bool = False,
+        config: MuxConfig | None = None,
+        cache_nodes: int = 50_000,
+        registry: RecordRegistry = records,
+    ) -> None:
+        self.location = ebs.kvs.location
+        self.read_only = read_only
+        self._ebs = ebs
+        self._trees = TreeWaveStore(ebs, cache_nodes=cache_nodes)
+        self._mux: Multiplexer | None = None
+        if not read_only:
+            self._mux = Multiplexer(self._trees, config, name=f"persist:{Path(self.location).name}")
+        self._reader = _Reader(self._trees)
+        self._access: Access = self._mux if self._mux is not None else self._reader
+        self._schemas_written: set[str] = set()
+        self._schema_lock = threading.Lock()
+        self._objects = ObjectSpace(self._access)
+        self._codec = ValueCodec(
+            registry, self._objects, self._note_record_type, PERSISTENT_CLASSES
+        )
+        self._objects.codec = self._codec
+        self._closed = False
+        _open_databases.add(self)
+
+    # -- maps --------------------------------------------------------------------
+
+    @property
+    def root(self) -> Table:
+        """The top-level persistent map."""
+        self._check_open()
+        return Table(self, ROOT)
+
+    def table(self, name: str) -> Table:
+        """The named table (created by its first write)."""
+        self._check_open()
+        if not isinstance(name, str):
+            raise TypeError(f"table names are str, not {type(name).__name__}")
+        if not name or name.startswith(_RESERVED) or len(name.encode()) > 200:
+            raise ValueError("table names are 1-200 bytes and may not start with '__'")
+        return Table(self, name)
+
+    def tables(self) -> list[str]:
+        """Names of the committed tables (not counting internal ones)."""
+        return [n for n in self._trees.tables() if not n.startswith(_RESERVED)]
+
+    # -- transactions ------------------------------------------------------------
+
+    def atomic(self) -> AtomicBlock:
+        """``with db.atomic():`` (or ``async with``): its writes land in one wave."""
+        return self._writer().atomic()
+
+    def commit_wait(self) -> None:
+        """Return when every change made before the call is durable."""
+        if self._mux is not None:
+            self._check_open()
+            self._mux.commit_wait()
+
+    async def acommit_wait(self) -> None:
+        """``commit_wait`` for asyncio."""
+        if self._mux is not None:
+            self._check_open()
+            await self._mux.acommit_wait()
+
+    def metrics(self) -> Metrics:
+        return self._writer().metrics()
+
+    # -- objects -----------------------------------------------------------------
+
+    def collect_garbage(self) -> int:
+        """Delete persistent objects that no table reaches; return how many.
+
+        A mark pass over every table and reachable object, then the deletion
+        of the unreached objects in one atomic block.  Objects are never
+        deleted behind the application's back: this is the only way they go.
+        Run it while no other thread writes: a reference written meanwhile to
+        an object being collected would dangle.
+        """
+        mux = self._writer()
+        mux.commit_wait()  # every table that holds a reference is now committed
+        with mux.atomic():
+            tables = [t for t in self._trees.tables() if t != OBJECTS]
+            return self._objects.collect(tables)
+
+    def verify(self) -> list[Issue]:
+        """Check every row of the store; return every problem found (empty: intact).
+
+        A writable database first commits what is pending.  See
+        :mod:`persist.db.verify` for what is and is not checked.
+        """
+        self._check_open()
+        if self._mux is not None:
+            self._mux.commit_wait()
+        return verify_trees(self._trees)
+
+    # -- life cycle --------------------------------------------------------------
+
+    def _note_record_type(self, cls: type[Any], name: str) -> None:
+        """Store a record type's schema descriptor the first time it is used."""
+        if name in self._schemas_written or self._mux is None:
+            return
+        with self._schema_lock:
+            if name in self._schemas_written:
+                return
+            desc = cbor2.dumps(RecordRegistry.descriptor(cls))
+            if self._mux.get(SCHEMA, encode_key(name)) != desc:
+                self._mux.put(SCHEMA, encode_key(name), desc)
+            self._schemas_written.add(name)
+
+    def record_types(self) -> dict[str, Any]:
+        """The schema descriptors of the record types stored in this database."""
+        return {str(decode_key(k)): cbor2.loads(v) for k, v in self._access.scan(SCHEMA)}
+
+    def _writer(self) -> Multiplexer:
+        self._check_open()
+        if self._mux is None:
+            raise ReadOnlyError(f"database {self.location} is open read-only")
+        return self._mux
+
+    def _check_writable(self) -> None:
+        self._writer()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"database {self.location} is closed")
+
+    def refresh(self) -> None:
+        """Read-only databases: see the commits made since opening."""
+        self._check_open()
+        if self._mux is not None:
+            return
+        self._ebs.reload_root()
+        self._trees = TreeWaveStore(self._ebs, cache_nodes=self._trees.cache.max_nodes)
+        self._reader.trees = self._trees
+
+    def close(self) -> None:
+        """Commit what is pending, then close.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        _open_databases.discard(self)
+        if self._mux is not None:
+            self._mux.close()  # commits pending waves, then closes the trees
+        else:
+            self._trees.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("read-only" if self.read_only else "open")
+        return f"<persist.Database {self.location!r} {state}>"

@@ -1,0 +1,157 @@
+"""Order-preserving encoding of application keys (docs/format.md, "Keys").
+
+Keys are ``str``, ``bytes``, ``int`` (any size, negative too) and tuples of
+them, nested to any depth.  For two keys of the same shape, the unsigned byte
+order of their encodings equals Python's order of the keys; keys of different
+types (which Python cannot compare) sort bytes < str < tuple < int.
+
+Layout (every element starts with a tag byte; no tag is 0x00, so a tuple's
+0x00 terminator sorts before any further element):
+
+=========  ==============================================================
+0x01       bytes: the bytes with 0x00 escaped as 0x00 0xFF, then 0x00
+0x02       str: UTF-8 (surrogatepass), escaped like bytes, then 0x00
+0x05       tuple: the elements, then 0x00
+0x0B       int < -(2**64 - 1): (2**64-1-L) as 8 bytes, then ~magnitude (L bytes)
+0x0C-0x13  negative int of L = 0x14-tag bytes: ~magnitude
+0x14       zero
+0x15-0x1C  positive int of L = tag-0x14 bytes: magnitude, big-endian
+0x1D       int > 2**64 - 1: L as 8 bytes, then the magnitude (L bytes)
+=========  ==============================================================
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+__all__ = ["Key", "decode_key", "encode_key"]
+
+Key: TypeAlias = "str | bytes | int | tuple[Key, ...]"
+
+T_BYTES = 0x01
+T_STR = 0x02
+T_TUPLE = 0x05
+T_NEG_BIG = 0x0B
+T_ZERO = 0x14
+T_POS_BIG = 0x1D
+_SMALL = 8  # ints of up to 8 magnitude bytes get a compact tag
+_BIG_LEN = 8  # byte width of the length field of big ints
+_MASK64 = (1 << 64) - 1
+
+
+def encode_key(key: object) -> bytes:
+    """Encode ``key``; raise TypeError for an unsupported type (bool, float, None ...)."""
+    out = bytearray()
+    _encode(key, out, 0)
+    return bytes(out)
+
+
+def _escape(raw: bytes, out: bytearray) -> None:
+    out += raw.replace(b"\x00", b"\x00\xff")
+    out.append(0)
+
+
+def _encode(key: object, out: bytearray, depth: int) -> None:
+    if depth > 100:
+        raise ValueError("keys may nest tuples at most 100 deep")
+    if type(key) is bytes:
+        out.append(T_BYTES)
+        _escape(key, out)
+    elif type(key) is str:
+        out.append(T_STR)
+        _escape(key.encode("utf-8", "surrogatepass"), out)
+    elif type(key) is int:
+        _encode_int(key, out)
+    elif type(key) is tuple:
+        out.append(T_TUPLE)
+        for item in key:
+            _encode(item, out, depth + 1)
+        out.append(0)
+    else:
+        raise TypeError(f"keys must be str, bytes, int or tuples of them, not {type(key).__name__}")
+
+
+def _encode_int(n: int, out: bytearray) -> None:
+    if n == 0:
+        out.append(T_ZERO)
+        return
+    mag = abs(n)
+    length = (mag.bit_length() + 7) // 8
+    raw = mag.to_bytes(length, "big")
+    if n > 0:
+        if length <= _SMALL:
+            out.append(T_ZERO + length)
+        else:
+            out.append(T_POS_BIG)
+            out += length.to_bytes(_BIG_LEN, "big")
+        out += raw
+    else:
+        inverted = bytes(b ^ 0xFF for b in raw)
+        if length <= _SMALL:
+            out.append(T_ZERO - length)
+        else:
+            out.append(T_NEG_BIG)
+            out += (_MASK64 - length).to_bytes(_BIG_LEN, "big")
+        out += inverted
+
+
+def decode_key(data: bytes) -> Key:
+    """Invert :func:`encode_key`; raise ValueError on malformed input."""
+    try:
+        key, pos = _decode(data, 0)
+    except IndexError:
+        raise ValueError("truncated key encoding") from None
+    if pos != len(data):
+        raise ValueError("trailing bytes after key encoding")
+    return key
+
+
+def _unescape(data: bytes, pos: int) -> tuple[bytes, int]:
+    out = bytearray()
+    while True:
+        end = data.index(b"\x00", pos)
+        out += data[pos:end]
+        if end + 1 < len(data) and data[end + 1] == 0xFF:
+            out.append(0)
+            pos = end + 2
+        else:
+            return bytes(out), end + 1
+
+
+def _decode(data: bytes, pos: int) -> tuple[Key, int]:
+    tag = data[pos]
+    pos += 1
+    if tag == T_BYTES:
+        return _unescape(data, pos)
+    if tag == T_STR:
+        raw, pos = _unescape(data, pos)
+        return raw.decode("utf-8", "surrogatepass"), pos
+    if tag == T_TUPLE:
+        items: list[Key] = []
+        while data[pos] != 0:
+            item, pos = _decode(data, pos)
+            items.append(item)
+        return tuple(items), pos + 1
+    if tag == T_ZERO:
+        return 0, pos
+    if T_ZERO < tag <= T_ZERO + _SMALL or tag == T_POS_BIG:
+        if tag == T_POS_BIG:
+            length = int.from_bytes(data[pos : pos + _BIG_LEN], "big")
+            pos += _BIG_LEN
+        else:
+            length = tag - T_ZERO
+        raw = data[pos : pos + length]
+        if len(raw) != length:
+            raise IndexError
+        return int.from_bytes(raw, "big"), pos + length
+    if T_ZERO - _SMALL <= tag < T_ZERO or tag == T_NEG_BIG:
+        if tag == T_NEG_BIG:
+            length = _MASK64 - int.from_bytes(data[pos : pos + _BIG_LEN], "big")
+            pos += _BIG_LEN
+        else:
+            length = T_ZERO - tag
+        raw = data[pos : pos + length]
+        if len(raw) != length:
+            raise IndexError
+        return -int.from_bytes(bytes(b ^ 0xFF for b in raw), "big"), pos + length
+    raise ValueError(f"unknown key tag 0x{tag:02x}")

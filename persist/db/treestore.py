@@ -1,0 +1,151 @@
+"""The committed state: one Merkle B-tree per table in the encrypted byte store.
+
+This is the :class:`~persist.mux.WaveStore` of a real database.  A wave's
+changes are applied to each table's tree as ONE sorted batch
+(:func:`~persist.btree.apply_batch`), so every touched node is encoded,
+hashed and encrypted once per wave; all tables' new nodes, count rows and
+deletions go into one ebs :class:`~persist.ebs.WriteBatch` that
+:meth:`~persist.ebs.EncryptedStore.commit` writes with the new root as one
+atomic kvs batch (DESIGN §3 rules 1 and 2).  Only then are the new tree roots
+published to readers, by replacing one dictionary (an atomic reference swap),
+so a reader sees either the old or the new state of every table, never a mix.
+
+Catalog (docs/format.md, "Catalog"): table ``name`` is the ebs table with
+descriptor ``tree:<name>``; its catalog payload is the 32-byte root node id,
+or empty for an empty tree.  A node's reference count above 1 is the mutable
+row ``rc`` + node id of the same table (8 bytes, big-endian).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+
+from ..btree import DELETE, NodeCache, NodeId, Tree, TreeUpdate, apply_batch
+from ..btree.nodestore import NODE_ID_SIZE
+from ..ebs import EncryptedStore, Table, WriteBatch
+from ..errors import IntegrityError
+
+__all__ = ["COUNT_PREFIX", "TABLE_PREFIX", "EbsNodeStore", "TreeWaveStore"]
+
+TABLE_PREFIX = "tree:"
+COUNT_PREFIX = b"rc"
+_COUNT_SIZE = 8
+
+
+def descriptor(name: str) -> str:
+    return TABLE_PREFIX + name
+
+
+class EbsNodeStore:
+    """A :class:`~persist.btree.NodeStore` over one table of the encrypted store."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def node_id(self, data: bytes) -> NodeId:
+        return NodeId(self.table.node_id(data))
+
+    def load(self, nid: NodeId) -> bytes:
+        return self.table.read_node(nid)
+
+    def refcount(self, nid: NodeId) -> int:
+        raw = self.table.read_row(COUNT_PREFIX + nid)
+        if raw is not None:
+            if len(raw) != _COUNT_SIZE or int.from_bytes(raw, "big") < 2:
+                raise IntegrityError(f"malformed count row for node {nid.hex()}")
+            return int.from_bytes(raw, "big")
+        return 1 if self.table.has_node(nid) else 0
+
+    def iter_objects(self) -> Iterator[tuple[NodeId, int]]:
+        raise NotImplementedError(
+            "the encrypted store cannot list one table's nodes cheaply; "
+            "verify uses EncryptedStore.verify_rows for orphans instead"
+        )
+
+    def add_to_batch(self, batch: WriteBatch, update: TreeUpdate) -> None:
+        """Record ``update`` (the tree layer's write set) in an ebs batch."""
+        t = self.table
+        for nid, data in update.puts.items():
+            batch.put_node(t, nid, data)
+        for nid, count in update.counts.items():
+            if count > 1:
+                batch.put_row(t, COUNT_PREFIX + nid, count.to_bytes(_COUNT_SIZE, "big"))
+            else:
+                batch.delete_row(t, COUNT_PREFIX + nid)
+        for nid in update.deletes:
+            batch.delete_node(t, nid)
+            batch.delete_row(t, COUNT_PREFIX + nid)
+
+
+class TreeWaveStore:
+    """Committed trees of every table; commits waves; serves reads lock-free."""
+
+    def __init__(self, ebs: EncryptedStore, *, cache_nodes: int = 50_000) -> None:
+        self.ebs = ebs
+        self.cache = NodeCache(cache_nodes)
+        self._lock = threading.Lock()  # guards _stores (created lazily by readers too)
+        self._stores: dict[str, EbsNodeStore] = {}
+        roots: dict[str, NodeId | None] = {}
+        for desc, payload in ebs.root.catalog.items():
+            if not desc.startswith(TABLE_PREFIX):
+                continue
+            if payload and len(payload) != NODE_ID_SIZE:
+                raise IntegrityError(f"catalog entry of {desc!r} is malformed")
+            roots[desc[len(TABLE_PREFIX) :]] = NodeId(payload) if payload else None
+        self._trees: dict[str, Tree] = {
+            name: Tree(self._store(name), root, cache=self.cache) for name, root in roots.items()
+        }
+
+    def _store(self, name: str) -> EbsNodeStore:
+        with self._lock:
+            ns = self._stores.get(name)
+            if ns is None:
+                ns = self._stores[name] = EbsNodeStore(self.ebs.table(descriptor(name)))
+            return ns
+
+    # -- the WaveStore interface -------------------------------------------------
+
+    def commit_wave(self, number: int, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> None:
+        trees = dict(self._trees)
+        batch = self.ebs.batch()
+        for name, tab in changes.items():
+            ns = self._store(name)
+            old = trees.get(name)
+            sorted_changes = [(k, DELETE if v is None else v) for k, v in sorted(tab.items())]
+            root, update = apply_batch(
+                ns, old.root if old else None, sorted_changes, cache=self.cache
+            )
+            ns.add_to_batch(batch, update)
+            trees[name] = Tree(ns, root, cache=self.cache)
+        catalog = {descriptor(n): bytes(t.root or b"") for n, t in trees.items()}
+        self.ebs.commit(batch, catalog)
+        self._trees = trees  # publish: one reference swap (see the module docstring)
+
+    def tree(self, table: str) -> Tree | None:
+        return self._trees.get(table)
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        tree = self._trees.get(table)
+        return None if tree is None else tree.get(key)
+
+    def scan(
+        self, table: str, start: bytes | None, stop: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        tree = self._trees.get(table)
+        if tree is None:
+            return iter(())
+        return tree.items(start, stop, reverse=reverse)
+
+    def count(self, table: str) -> int:
+        tree = self._trees.get(table)
+        return 0 if tree is None else tree.count()
+
+    def tables(self) -> list[str]:
+        return sorted(self._trees)
+
+    def close(self) -> None:
+        self.ebs.close()
+        self.ebs.kvs.close()
