@@ -11,6 +11,7 @@ import sys
 import click
 
 from ..errors import PersistError
+from .commands import dump, info, init, passwd, rekey, verify
 from .demo import demo
 
 __all__ = ["main"]
@@ -22,7 +23,8 @@ def cli() -> None:
     """persist: encrypted orthogonal persistence for Python."""
 
 
-cli.add_command(demo)
+for command in (init, info, verify, passwd, rekey, dump, demo):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,6 +96,10 @@ def open(
         store.close()
         raise
     try:
+        if ebs.rekey_phase is not None and not read_only:
+            from .rekey import TreesRekeyer
+
+            ebs.resume_rekey(TreesRekeyer())  # finish what a crash interrupted
         return Database(
             ebs,
             read_only=read_only,

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 from ..btree import NodeId, check_tree
 from ..ebs.survey import known_descriptors, survey
-from .treestore import TABLE_PREFIX, EbsNodeStore, TreeWaveStore
+from ..errors import IntegrityError
+from .treestore import COUNT_PREFIX, TABLE_PREFIX, EbsNodeStore, TreeWaveStore
 
 __all__ = ["Issue", "verify_trees"]
 
@@ -48,11 +49,16 @@ class Issue:
 
 
 class _SurveyedStore:
-    """A node store whose inventory is what the survey found for one table."""
+    """A node store whose inventory is what the survey found for one table.
 
-    def __init__(self, inner: EbsNodeStore, nodes: list[bytes]) -> None:
+    A count row that fails authentication becomes an issue (and the count is
+    taken as 1), so that the walk goes on and reports everything else.
+    """
+
+    def __init__(self, inner: EbsNodeStore, nodes: list[bytes], issues: list[Issue]) -> None:
         self.inner = inner
         self.nodes = nodes
+        self.issues = issues
 
     def node_id(self, data: bytes) -> NodeId:
         return self.inner.node_id(data)
@@ -61,12 +67,18 @@ class _SurveyedStore:
         return self.inner.load(nid)
 
     def refcount(self, nid: NodeId) -> int:
-        return self.inner.refcount(nid)
+        try:
+            return self.inner.refcount(nid)
+        except IntegrityError as exc:
+            table = self.inner.table
+            where = table.row_key(COUNT_PREFIX + nid).hex()
+            self.issues.append(Issue("row", where, f"count row of node {nid.hex()}: {exc}"))
+            return 1
 
     def iter_objects(self) -> Iterator[tuple[NodeId, int]]:
         for key in self.nodes:
             nid = NodeId(key)
-            yield nid, self.inner.refcount(nid)
+            yield nid, self.refcount(nid)
 
 
 def verify_trees(trees: TreeWaveStore) -> list[Issue]:
@@ -81,7 +93,7 @@ def verify_trees(trees: TreeWaveStore) -> list[Issue]:
             desc = TABLE_PREFIX + name
             table = ebs.table(desc)
             nodes = found.nodes.get(desc.encode(), [])
-            store = _SurveyedStore(EbsNodeStore(table), nodes)
+            store = _SurveyedStore(EbsNodeStore(table), nodes, issues)
             for tp in check_tree(store, {name: tree.root if tree else None}):
                 issues.append(Issue(str(tp.kind), tp.node, tp.description, name))
             explained[table] = nodes

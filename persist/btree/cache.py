@@ -1,0 +1,107 @@
+"""The decoded-node cache: keeps hot nodes off the store (and out of the decryptor).
+
+Nodes are immutable and named by their content, so a cached node never goes
+stale: there is no invalidation, only eviction (least recently used).  One
+cache may serve several stores -- an address names the same content in any
+store that produced it, and different stores produce colliding addresses only
+with negligible probability.
+
+Decoded nodes are tuples throughout; callers must never mutate them (they are
+shared between threads).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from ..errors import IntegrityError
+from .node import Blob, Internal, Leaf, Node, decode_node
+from .nodestore import NodeId, NodeStore
+
+__all__ = ["DEFAULT_CACHE_NODES", "NodeCache", "NodeReader"]
+
+#: Default capacity in nodes.  A full leaf of small entries decodes to a few
+#: kilobytes, so the default holds some tens of megabytes at most.
+DEFAULT_CACHE_NODES = 8192
+
+
+class NodeCache:
+    """A bounded, thread-safe LRU map from :class:`NodeId` to decoded node."""
+
+    def __init__(self, max_nodes: int = DEFAULT_CACHE_NODES) -> None:
+        if max_nodes < 1:
+            raise ValueError("a NodeCache holds at least one node")
+        self.max_nodes = max_nodes
+        self._nodes: OrderedDict[NodeId, Node] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, nid: NodeId) -> Node | None:
+        """Return the cached node for ``nid`` (marking it recently used) or None."""
+        with self._lock:
+            node = self._nodes.get(nid)
+            if node is None:
+                self.misses += 1
+                return None
+            self._nodes.move_to_end(nid)
+            self.hits += 1
+            return node
+
+    def put(self, nid: NodeId, node: Node) -> None:
+        """Remember ``node`` under ``nid``, evicting the least recently used beyond capacity."""
+        with self._lock:
+            self._nodes[nid] = node
+            self._nodes.move_to_end(nid)
+            while len(self._nodes) > self.max_nodes:
+                self._nodes.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every node."""
+        with self._lock:
+            self._nodes.clear()
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+
+class NodeReader:
+    """Loads and decodes nodes of one store, through an optional shared cache.
+
+    The store vouches for the bytes it returns (the encrypting store
+    authenticates every row); the reader does not re-hash them.  Only
+    :func:`~persist.btree.check.check_tree` recomputes addresses.
+    """
+
+    __slots__ = ("cache", "store")
+
+    def __init__(self, store: NodeStore, cache: NodeCache | None = None) -> None:
+        self.store = store
+        self.cache = cache
+
+    def node(self, nid: NodeId) -> Node:
+        """Return the decoded object ``nid``; IntegrityError if missing or undecodable."""
+        cache = self.cache
+        if cache is not None:
+            node = cache.get(nid)
+            if node is not None:
+                return node
+        node = decode_node(self.store.load(nid))
+        if cache is not None:
+            cache.put(nid, node)
+        return node
+
+    def tree_node(self, nid: NodeId) -> Leaf | Internal:
+        """Return the node ``nid``, which must be a leaf or an internal node."""
+        node = self.node(nid)
+        if isinstance(node, Blob):
+            raise IntegrityError("tree link points to a blob")
+        return node
+
+    def blob(self, nid: NodeId) -> bytes:
+        """Return the data of blob ``nid``; blobs bypass the cache (they are large)."""
+        node = decode_node(self.store.load(nid))
+        if not isinstance(node, Blob):
+            raise IntegrityError("value link does not point to a blob")
+        return node.data

@@ -1,0 +1,118 @@
+"""Reads: get, bounded ranges in both directions, first/last, count, the node cache."""
+
+from __future__ import annotations
+
+import random
+import threading
+from bisect import bisect_left
+from itertools import islice
+
+import pytest
+
+from persist.btree import MemoryNodeStore, NodeCache, NodeId, Tree, bulk_load, check_tree
+from persist.errors import IntegrityError
+
+from .oracle import key
+
+
+def make(n: int, step: int = 2) -> tuple[MemoryNodeStore, NodeId | None, list[bytes]]:
+    store = MemoryNodeStore()
+    keys = [key(i) for i in range(0, n * step, step)]
+    root, update = bulk_load(store, [(k, b"V" * (300 if k[-1] % 7 == 0 else 3)) for k in keys])
+    store.apply(update)
+    return store, root, keys
+
+
+def expected(keys: list[bytes], start: bytes | None, stop: bytes | None) -> list[bytes]:
+    lo = 0 if start is None else bisect_left(keys, start)
+    hi = len(keys) if stop is None else bisect_left(keys, stop)
+    return keys[lo:hi]
+
+
+@pytest.mark.parametrize("n", [0, 1, 32, 33, 600, 9_000])
+def test_ranges_match_a_sorted_list(n: int) -> None:
+    store, root, keys = make(n)
+    tree = Tree(store, root, cache=NodeCache(64))
+    rng = random.Random(n)
+    bounds = [None, key(0), key(1), key(2 * n), key(2 * n + 5), b"", b"\xff" * 5]
+    bounds += [key(rng.randrange(2 * n + 2)) for _ in range(20)]
+    for start in bounds:
+        for stop in bounds:
+            want = expected(keys, start, stop)
+            # The first 40 entries each way exercise every descent and leaf hop.
+            assert list(islice(tree.keys(start, stop), 40)) == want[:40]
+            assert list(islice(tree.keys(start, stop, reverse=True), 40)) == want[::-1][:40]
+    assert list(tree.keys()) == keys
+    assert list(tree.keys(reverse=True)) == keys[::-1]
+    assert len(tree) == tree.count() == n
+    assert tree.first() == (None if n == 0 else (keys[0], tree.get(keys[0])))
+    assert tree.last() == (None if n == 0 else (keys[-1], tree.get(keys[-1])))
+
+
+def test_get_and_contains() -> None:
+    store, root, keys = make(2_000)
+    tree = Tree(store, root)
+    for k in keys[::37]:
+        assert k in tree
+        assert tree.get(k) == b"V" * (300 if k[-1] % 7 == 0 else 3)
+    assert tree.get(key(1)) is None and key(1) not in tree
+    assert tree.get(b"", b"dflt") == b"dflt"
+    assert tree.get(b"\xff" * 8) is None
+
+
+def test_items_load_blobs_lazily() -> None:
+    store, root, keys = make(100)
+    tree = Tree(store, root)
+    store.loads = 0
+    assert next(tree.items())[0] == keys[0]
+    assert store.loads == 3  # root, leaf, and the first value's blob (key 0 % 7 == 0)
+
+
+def test_a_damaged_blob_raises_instead_of_returning_wrong_data() -> None:
+    store, root, _ = make(100)
+    blobs = [nid for nid, data in store.objects.items() if data[1] == 3]
+    store.objects[blobs[0]] = store.objects[blobs[0]][:-1]  # shorter than its reference
+    with pytest.raises(IntegrityError):
+        list(Tree(store, root).items())
+    assert check_tree(store, {"t": root})
+
+
+def test_concurrent_readers_share_a_small_cache() -> None:
+    store, root, keys = make(5_000)
+    cache = NodeCache(8)  # far too small: constant eviction under contention
+    tree = Tree(store, root, cache=cache)
+    errors: list[BaseException] = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(300):
+                k = rng.choice(keys)
+                assert tree.get(k) is not None
+                lo = rng.randrange(len(keys))
+                assert list(islice(tree.keys(keys[lo], None), 5)) == keys[lo : lo + 5]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(cache) <= 8 and cache.hits > 0
+
+
+def test_cache_evicts_least_recently_used() -> None:
+    cache = NodeCache(2)
+    a, b, c = (NodeId(bytes([i]) * 32) for i in (1, 2, 3))
+    store, root, _ = make(1)
+    assert root is not None
+    node = Tree(store, root)._reader.node(root)
+    cache.put(a, node)
+    cache.put(b, node)
+    assert cache.get(a) is node  # a is now the most recent
+    cache.put(c, node)
+    assert cache.get(b) is None and cache.get(a) is node and cache.get(c) is node
+    with pytest.raises(ValueError):
+        NodeCache(0)
