@@ -203,12 +203,7 @@ class ObjectSpace:
         self.codec: ValueCodec = codec  # type: ignore[assignment]  # set by the database
         self._lock = threading.RLock()
         self._identity: weakref.WeakValueDictionary[int, Persistent] = weakref.WeakValueDictionary()
-        last = next(access.scan(OBJECTS, None, None, True), None)
-        self._next_oid = 1
-        if last is not None:
-            oid = decode_key(last[0])
-            assert isinstance(oid, tuple) and isinstance(oid[0], int)
-            self._next_oid = oid[0] + 1
+        self._next_oid: int | None = None  # read at the first adoption, not at open
 
     # -- the codec's resolver ----------------------------------------------------
 
@@ -240,8 +235,19 @@ class ObjectSpace:
 
     # -- saving and loading state ------------------------------------------------
 
+    def _first_free_oid(self) -> int:
+        last = next(self.access.scan(OBJECTS, None, None, True), None)
+        if last is None:
+            return 1
+        key = decode_key(last[0])
+        if not (isinstance(key, tuple) and key and isinstance(key[0], int)):
+            raise SchemaError("the object table holds a malformed key")
+        return key[0] + 1
+
     def _adopt(self, obj: Persistent) -> int:
         with self._lock:
+            if self._next_oid is None:
+                self._next_oid = self._first_free_oid()
             oid = self._next_oid
             self._next_oid += 1
             d = object.__getattribute__(obj, "__dict__")

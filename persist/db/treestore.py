@@ -116,7 +116,7 @@ class TreeWaveStore:
             old = trees.get(name)
             sorted_changes = [(k, DELETE if v is None else v) for k, v in sorted(tab.items())]
             root, update = apply_batch(
-                ns, old.root if old else None, sorted_changes, cache=self.cache
+                ns, old.root if old is not None else None, sorted_changes, cache=self.cache
             )
             ns.add_to_batch(batch, update)
             trees[name] = Tree(ns, root, cache=self.cache)

@@ -94,7 +94,7 @@ def verify_trees(trees: TreeWaveStore) -> list[Issue]:
             table = ebs.table(desc)
             nodes = found.nodes.get(desc.encode(), [])
             store = _SurveyedStore(EbsNodeStore(table), nodes, issues)
-            for tp in check_tree(store, {name: tree.root if tree else None}):
+            for tp in check_tree(store, {name: tree.root if tree is not None else None}):
                 issues.append(Issue(str(tp.kind), tp.node, tp.description, name))
             explained[table] = nodes
         for rp in ebs.verify_rows(explained):
