@@ -190,13 +190,38 @@ def verify(location: str, as_json: bool, **opts: Any) -> None:
     sys.exit(1 if issues else 0)
 
 
+class _Bars:
+    """Draws verify's phases on the terminal: a bar when the total is known."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def phase(self, name: str, total: int | None) -> None:
+        self.close()
+        if total is None:
+            click.echo(f"{name} ...", err=True)
+        else:
+            self._bar = click.progressbar(length=total, label=name, file=sys.stderr)
+            self._bar.__enter__()
+
+    def advance(self, steps: int) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
 def _verify_with_progress(db: persist_db.Database, *, show: bool) -> list[Issue]:
     if not show:
         return db.verify()
-    with click.progressbar(length=1, label="verifying", file=sys.stderr) as bar:
-        issues = db.verify()
-        bar.update(1)
-    return issues
+    bars = _Bars()
+    try:
+        return db.verify(bars)
+    finally:
+        bars.close()
 
 
 def _report(location: str, issues: list[Issue], as_json: bool) -> None:

@@ -34,7 +34,7 @@ from .objects import OBJECTS, PERSISTENT_CLASSES, Access, ObjectSpace
 from .table import Table
 from .treestore import TreeWaveStore
 from .values import RecordRegistry, ValueCodec, records
-from .verify import Issue, verify_trees
+from .verify import Issue, Progress, verify_trees
 
 __all__ = ["ROOT", "SCHEMA", "Database", "open"]
 
@@ -245,7 +245,7 @@ class Database:
             tables = [t for t in self._trees.tables() if t != OBJECTS]
             return self._objects.collect(tables)
 
-    def verify(self) -> list[Issue]:
+    def verify(self, progress: Progress | None = None) -> list[Issue]:
         """Check every row of the store; return every problem found (empty: intact).
 
         A writable database first commits what is pending.  See
@@ -254,7 +254,7 @@ class Database:
         self._check_open()
         if self._mux is not None:
             self._mux.commit_wait()
-        return verify_trees(self._trees)
+        return verify_trees(self._trees, progress)
 
     # -- life cycle --------------------------------------------------------------
 

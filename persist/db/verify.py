@@ -24,13 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..btree import NodeId, check_tree
 from ..ebs.survey import known_descriptors, survey
 from ..errors import IntegrityError
 from .treestore import COUNT_PREFIX, TABLE_PREFIX, EbsNodeStore, TreeWaveStore
 
-__all__ = ["Issue", "verify_trees"]
+__all__ = ["Issue", "Progress", "verify_trees"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,24 @@ class Issue:
         return f"{self.kind}{where}{table}: {self.description}"
 
 
+class Progress(Protocol):
+    """Receives the phases of a verify pass (the CLI draws a progress bar)."""
+
+    def phase(self, name: str, total: int | None) -> None:
+        """A phase begins; ``total`` steps, or None when unknown in advance."""
+
+    def advance(self, steps: int) -> None:
+        """``steps`` more steps of the current phase are done."""
+
+
+class _NoProgress:
+    def phase(self, name: str, total: int | None) -> None:
+        pass
+
+    def advance(self, steps: int) -> None:
+        pass
+
+
 class _SurveyedStore:
     """A node store whose inventory is what the survey found for one table.
 
@@ -55,15 +74,19 @@ class _SurveyedStore:
     taken as 1), so that the walk goes on and reports everything else.
     """
 
-    def __init__(self, inner: EbsNodeStore, nodes: list[bytes], issues: list[Issue]) -> None:
+    def __init__(
+        self, inner: EbsNodeStore, nodes: list[bytes], issues: list[Issue], progress: Progress
+    ) -> None:
         self.inner = inner
         self.nodes = nodes
         self.issues = issues
+        self.progress = progress
 
     def node_id(self, data: bytes) -> NodeId:
         return self.inner.node_id(data)
 
     def load(self, nid: NodeId) -> bytes:
+        self.progress.advance(1)
         return self.inner.load(nid)
 
     def refcount(self, nid: NodeId) -> int:
@@ -81,22 +104,26 @@ class _SurveyedStore:
             yield nid, self.refcount(nid)
 
 
-def verify_trees(trees: TreeWaveStore) -> list[Issue]:
+def verify_trees(trees: TreeWaveStore, progress: Progress | None = None) -> list[Issue]:
     """Every problem of the store under ``trees`` (REQUIRES: no commit meanwhile)."""
     ebs = trees.ebs
+    report = progress or _NoProgress()
     issues: list[Issue] = []
     with ebs.lock:
+        report.phase("identifying rows", None)
         found = survey(ebs.kvs, ebs.keyring, known_descriptors(ebs.root))
+        report.phase("checking trees", sum(len(n) for n in found.nodes.values()))
         explained = {}
         for name in trees.tables():
             tree = trees.tree(name)
             desc = TABLE_PREFIX + name
             table = ebs.table(desc)
             nodes = found.nodes.get(desc.encode(), [])
-            store = _SurveyedStore(EbsNodeStore(table), nodes, issues)
+            store = _SurveyedStore(EbsNodeStore(table), nodes, issues, report)
             for tp in check_tree(store, {name: tree.root if tree is not None else None}):
                 issues.append(Issue(str(tp.kind), tp.node, tp.description, name))
             explained[table] = nodes
+        report.phase("checking rows outside the trees", None)
         for rp in ebs.verify_rows(explained):
             issues.append(Issue(rp.kind, rp.storage_key, rp.description))
     return issues
