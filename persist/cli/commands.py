@@ -245,6 +245,23 @@ def _report(location: str, issues: list[Issue], as_json: bool) -> None:
 # -- passwd and rekey -----------------------------------------------------------
 
 
+@contextmanager
+def _encrypted_store(location: str, open_opts: dict[str, Any]) -> Iterator[EncryptedStore]:
+    """The encrypted store itself, for commands that change keys rather than data."""
+    with open_store(location) as store:
+        ebs = EncryptedStore.open(
+            store,
+            open_opts["passphrase"],
+            key=open_opts["key"],
+            allow_weak_kdf=open_opts["allow_weak_kdf"],
+            freshness=open_opts["freshness"],
+        )
+        try:
+            yield ebs
+        finally:
+            ebs.close()
+
+
 @click.command()
 @click.argument("location")
 @credential_options
@@ -262,21 +279,9 @@ def passwd(
     open_opts = _open_options(opts, prompt="Current passphrase")
     new = new_passphrase(new_passphrase_file)
     kdf = KdfParams.weak_for_tests() if weak_kdf_for_tests else KdfParams.default()
-    with open_store(location) as store:
-        ebs = EncryptedStore.open(
-            store,
-            open_opts["passphrase"],
-            key=open_opts["key"],
-            allow_weak_kdf=open_opts["allow_weak_kdf"],
-            freshness=open_opts["freshness"],
-        )
-        try:
-            old = (
-                open_opts["passphrase"] if open_opts["passphrase"] is not None else open_opts["key"]
-            )
-            index = ebs.change_passphrase(old, new, kdf=kdf, allow_weak_kdf=weak_kdf_for_tests)
-        finally:
-            ebs.close()
+    with _encrypted_store(location, open_opts) as ebs:
+        old = open_opts["passphrase"] if open_opts["passphrase"] is not None else open_opts["key"]
+        index = ebs.change_passphrase(old, new, kdf=kdf, allow_weak_kdf=weak_kdf_for_tests)
     click.echo(f"keyslot {index} now opens with the new passphrase; the old one no longer does")
 
 
@@ -302,27 +307,17 @@ def rekey(
     open_opts = _open_options(opts)
     new = _new_or_current(new_passphrase_file, open_opts)
     kdf = KdfParams.weak_for_tests() if weak_kdf_for_tests else KdfParams.default()
-    with open_store(location) as store:
-        ebs = EncryptedStore.open(
-            store,
-            open_opts["passphrase"],
-            key=open_opts["key"],
-            allow_weak_kdf=open_opts["allow_weak_kdf"],
-            freshness=open_opts["freshness"],
+    with _encrypted_store(location, open_opts) as ebs:
+        if ebs.rekey_phase is not None:
+            ebs.resume_rekey(TreesRekeyer())
+            click.echo("finished an interrupted rotation")
+        ebs.rekey(
+            new["passphrase"],
+            key=new["key"],
+            kdf=kdf,
+            allow_weak_kdf=weak_kdf_for_tests,
+            rekeyer=TreesRekeyer(),
         )
-        try:
-            if ebs.rekey_phase is not None:
-                ebs.resume_rekey(TreesRekeyer())
-                click.echo("finished an interrupted rotation")
-            ebs.rekey(
-                new["passphrase"],
-                key=new["key"],
-                kdf=kdf,
-                allow_weak_kdf=weak_kdf_for_tests,
-                rekeyer=TreesRekeyer(),
-            )
-        finally:
-            ebs.close()
     click.echo("every row is now encrypted under a new master key")
 
 
