@@ -135,6 +135,8 @@ class Ledger:
             if after == 0:
                 if before > 0:
                     update.deletes.add(nid)
+                if before > 1:
+                    update.counted_deletes.add(nid)
             elif before == 0:
                 if nid not in self._born:
                     raise IntegrityError(f"reference to missing object {nid.hex()}")

@@ -60,13 +60,18 @@ class MemoryNodeStore:
         """Apply ``update`` atomically (the way one KVS batch would).
 
         Raises ValueError, changing nothing, when the update is inconsistent
-        with the store: deleting an absent object, or a count for an object
-        that neither exists nor is put.
+        with the store: deleting an absent object, misstating whether a
+        deleted object has a count row, or a count for an object that neither
+        exists nor is put.
         """
         with self._lock:
             for nid in update.deletes:
                 if nid not in self.objects or nid in update.puts:
                     raise ValueError(f"update deletes absent or re-put object {nid.hex()}")
+                if (nid in self.count_rows) != (nid in update.counted_deletes):
+                    raise ValueError(f"update misstates the count row of {nid.hex()}")
+            if not update.counted_deletes <= update.deletes:
+                raise ValueError("counted_deletes names objects the update does not delete")
             for nid, count in update.counts.items():
                 if count < 1 or (nid not in self.objects and nid not in update.puts):
                     raise ValueError(f"update sets a bad count for {nid.hex()}")

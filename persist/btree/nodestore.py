@@ -100,7 +100,8 @@ class TreeUpdate:
         delete the count row when it is 1.  Objects absent from ``counts``
         keep their count row (or lack of one).
     ``deletes``
-        objects whose count reached 0: delete the object and its count row.
+        objects whose count reached 0: delete the object and its count row
+        (``counted_deletes`` names those that have one).
 
     The three never overlap except that a ``puts`` entry may also appear in
     ``counts`` (a new object that is referenced more than once, or an object
@@ -111,6 +112,9 @@ class TreeUpdate:
     puts: dict[NodeId, bytes] = field(default_factory=dict)
     counts: dict[NodeId, int] = field(default_factory=dict)
     deletes: set[NodeId] = field(default_factory=set)
+    #: The subset of ``deletes`` that have a count row (committed count above 1),
+    #: so that a store need not look for count rows that do not exist.
+    counted_deletes: set[NodeId] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.puts or self.counts or self.deletes)
@@ -125,6 +129,7 @@ class TreeUpdate:
         puts = dict(self.puts)
         counts = dict(self.counts)
         deletes = set(self.deletes)
+        counted = set(self.counted_deletes)
         for nid in later.deletes:
             if nid in puts:
                 del puts[nid]  # created and freed before any commit: never written
@@ -132,13 +137,16 @@ class TreeUpdate:
             else:
                 deletes.add(nid)
                 counts.pop(nid, None)
+                if nid in later.counted_deletes or nid in self.counts:
+                    counted.add(nid)
         for nid, data in later.puts.items():
             if nid in deletes:
                 # Freed by self, recreated by later: the committed object and
                 # its count row still exist, so the count must be restated.
                 deletes.discard(nid)
+                counted.discard(nid)
                 counts[nid] = later.counts.get(nid, 1)
             puts[nid] = data
         for nid, count in later.counts.items():
             counts[nid] = count
-        return TreeUpdate(puts, counts, deletes)
+        return TreeUpdate(puts, counts, deletes, counted & deletes)

@@ -52,12 +52,14 @@ class EbsNodeStore:
         return self.table.read_node(nid)
 
     def refcount(self, nid: NodeId) -> int:
+        if not self.table.has_node(nid):
+            return 0  # most lookups are of new nodes: one read, no count row to read
         raw = self.table.read_row(COUNT_PREFIX + nid)
-        if raw is not None:
-            if len(raw) != _COUNT_SIZE or int.from_bytes(raw, "big") < 2:
-                raise IntegrityError(f"malformed count row for node {nid.hex()}")
-            return int.from_bytes(raw, "big")
-        return 1 if self.table.has_node(nid) else 0
+        if raw is None:
+            return 1
+        if len(raw) != _COUNT_SIZE or int.from_bytes(raw, "big") < 2:
+            raise IntegrityError(f"malformed count row for node {nid.hex()}")
+        return int.from_bytes(raw, "big")
 
     def iter_objects(self) -> Iterator[tuple[NodeId, int]]:
         raise NotImplementedError(
@@ -77,6 +79,7 @@ class EbsNodeStore:
                 batch.delete_row(t, COUNT_PREFIX + nid)
         for nid in update.deletes:
             batch.delete_node(t, nid)
+        for nid in update.counted_deletes:
             batch.delete_row(t, COUNT_PREFIX + nid)
 
 
