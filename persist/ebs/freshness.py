@@ -19,6 +19,7 @@ Without a record the first open trusts what it finds (trust on first use).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -52,7 +53,28 @@ class FreshnessRecord:
 
     @classmethod
     def load(cls, path: Path) -> FreshnessRecord | None:
-        """The record at ``path``, None if there is none, IntegrityError if unreadable."""
+        """The newest trustworthy record for ``path``: None if there is none.
+
+        The durable record at ``path`` is the baseline (IntegrityError if it
+        is unreadable).  The per-commit hint at ``path.latest`` (see
+        :meth:`save_hint`) replaces it when it is readable, names the same
+        database and is not older; an unreadable hint (a power loss before it
+        reached the disk) is ignored, which can only make detection weaker,
+        never raise a false alarm.
+        """
+        durable = cls._read(path)
+        try:
+            hint = cls._read(_hint_path(path))
+        except IntegrityError:
+            hint = None
+        if hint is not None and (
+            durable is None or (hint.db_id == durable.db_id and hint.count >= durable.count)
+        ):
+            return hint
+        return durable
+
+    @classmethod
+    def _read(cls, path: Path) -> FreshnessRecord | None:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -72,8 +94,7 @@ class FreshnessRecord:
             ) from None
         return record
 
-    def save(self, path: Path) -> None:
-        """Replace the record at ``path`` atomically and durably."""
+    def _write(self, path: Path, *, durable: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = {
             "format": _FORMAT,
@@ -85,14 +106,35 @@ class FreshnessRecord:
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        if durable:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def save(self, path: Path) -> None:
+        """Replace the record at ``path`` atomically and durably (open, close)."""
+        self._write(path, durable=True)
+        with contextlib.suppress(FileNotFoundError):
+            _hint_path(path).unlink()
+
+    def save_hint(self, path: Path) -> None:
+        """Record a commit cheaply: an atomic rename, no fsync (docs/format.md).
+
+        A commit must not pay two more syncs for the record; a hint lost to a
+        power failure leaves the durable record, which is older, never newer,
+        than the store.
+        """
+        self._write(_hint_path(path), durable=False)
+
+
+def _hint_path(path: Path) -> Path:
+    return path.with_name(path.name + ".latest")
 
 
 def _state_dir() -> Path:

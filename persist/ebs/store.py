@@ -342,7 +342,7 @@ class EncryptedStore:
         self._root = root
         if self._freshness_path is not None:
             try:
-                FreshnessRecord.of(root).save(self._freshness_path)
+                FreshnessRecord.of(root).save_hint(self._freshness_path)
             except OSError:
                 _log.warning("could not update the freshness record of %s", self.kvs.location)
         return root
@@ -493,10 +493,20 @@ class EncryptedStore:
     # -- closing --------------------------------------------------------------
 
     def close(self) -> None:
-        """Forget the keys.  The kvs store stays open (its opener closes it)."""
+        """Make the freshness record durable and forget the keys.
+
+        The kvs store stays open (its opener closes it).
+        """
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             self._tables.clear()
+            if self._freshness_path is not None and not self.kvs.read_only:
+                try:
+                    FreshnessRecord.of(self._root).save(self._freshness_path)
+                except OSError:
+                    _log.warning("could not save the freshness record of %s", self.kvs.location)
 
     def __enter__(self) -> Self:
         return self

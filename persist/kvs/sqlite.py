@@ -250,10 +250,6 @@ class SQLiteStore(Store):
 
     def _close(self) -> None:
         self._closed = True
-        with self._write_lock:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
         with self._pool_lock:
             readers, self._all_readers, self._idle = self._all_readers, [], []
         for conn in readers:
@@ -261,6 +257,12 @@ class SQLiteStore(Store):
             # when that thread's statement ends and the connection is freed.
             with contextlib.suppress(apsw.Error):
                 conn.close()
+        # The writer closes last: as the last connection it checkpoints the
+        # WAL into the database file and removes it.
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

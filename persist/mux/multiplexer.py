@@ -22,13 +22,15 @@ durable batch.  Numbered rules (docs/design.md repeats them):
    open, and the close of its last block wakes the persistence thread, so no
    other trigger is needed (liveness).
 4. **Scheduling.** The newest wave is closed (a new OPEN wave appended) when
-   (a) someone waits on it and no older wave is pending -- an idle writer
-   commits at once; (b) ``max_delay`` has passed since its first write; (c) it
-   reached its size cap; (d) the database is closing.  While a commit runs,
-   the next wave gathers every write and waiter that arrives meanwhile, which
-   is the group commit.  The next commit therefore starts no sooner than the
-   previous one ends and no later than ``max_delay`` after a wave's first
-   write, unless a commit takes longer than that.
+   (a) someone waits on it, no older wave is pending, and either as many
+   waiters are in as were active around the last commit (its waiters plus
+   those already waiting on the next wave) or the last commit's duration has
+   passed since it ended -- so a lone writer commits at once, and threads
+   woken by a commit get the time of one commit to join the next wave;
+   (b) ``max_delay`` has passed since its first write; (c) it reached its
+   size cap; (d) the database is closing.  While a commit runs, the next
+   wave gathers every write and waiter that arrives meanwhile: the group
+   commit.
 5. **Back-pressure.** When ``max_queued_waves`` closed waves wait, plain
    writes and new blocks block until one is durable.  Writes inside an open
    block never block (their wave cannot seal before the block ends).
@@ -108,11 +110,13 @@ class Metrics:
 
 
 def _owner() -> tuple[int, int]:
-    """The identity of the running thread and asyncio task (0 outside a task)."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
+    """The identity of the running thread and asyncio task (0 outside a task).
+
+    ``_get_running_loop`` returns None outside an event loop instead of raising,
+    as ``current_task`` would: this runs on every write inside a block.
+    """
+    loop = asyncio._get_running_loop()
+    task = asyncio.current_task(loop) if loop is not None else None
     return threading.get_ident(), id(task) if task is not None else 0
 
 
@@ -159,6 +163,10 @@ class Multiplexer:
         self._commit_total = 0.0
         self._commit_last = 0.0
         self._commit_max = 0.0
+        # Adaptive scheduling (rule 4a): when the last commit ended, how long it
+        # took, and how many waiters were active around it.
+        self._last_end = 0.0
+        self._expected_waiters = 1
         self._thread = threading.Thread(target=self._run, name=f"{name}-persistence", daemon=True)
         self._thread.start()
 
@@ -424,9 +432,11 @@ class Multiplexer:
                     return None
                 now = time.monotonic()
                 newest = self._waves[-1]
+                paced_until = self._last_end + self._commit_last
+                waited = bool(newest.waiters) and len(self._waves) == 1
                 if not newest.empty and (
                     self._closing
-                    or (newest.waiters and len(self._waves) == 1)
+                    or (waited and (newest.waiters >= self._expected_waiters or now >= paced_until))
                     or (newest.deadline is not None and now >= newest.deadline)
                     or self._over_cap(newest)
                 ):
@@ -437,8 +447,12 @@ class Multiplexer:
                 if self._closing and len(self._waves) == 1 and oldest.open_blocks == 0:
                     return None
                 timeout = None
-                if newest.deadline is not None and newest.state is WaveState.OPEN:
-                    timeout = max(newest.deadline - now, 0.0)
+                if newest.state is WaveState.OPEN and not newest.empty:
+                    wake = [newest.deadline] if newest.deadline is not None else []
+                    if waited:
+                        wake.append(paced_until)
+                    if wake:
+                        timeout = max(min(wake) - now, 0.0)
                 self._cond.wait(timeout)
 
     def _run_pre_hooks(self, wave: Wave) -> None:
@@ -459,6 +473,10 @@ class Multiplexer:
             self._waves.popleft()
             self._overlay = tuple(self._waves)
             wave.state = WaveState.DONE
+            self._last_end = time.monotonic()
+            # Those who waited on this wave will likely be back: the next wave
+            # seals at once only when they (and those already waiting) are in.
+            self._expected_waiters = max(1, wave.waiters + self._waves[0].waiters)
             self._waves_committed += 1
             self._writes_committed += wave.writes
             self._max_writes = max(self._max_writes, wave.writes)
