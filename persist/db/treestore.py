@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from ..btree import DELETE, NodeCache, NodeId, Tree, TreeUpdate, apply_batch
 from ..btree.nodestore import NODE_ID_SIZE
 from ..ebs import EncryptedStore, Table, WriteBatch
+from ..ebs.survey import survey
 from ..errors import IntegrityError
 
 __all__ = ["COUNT_PREFIX", "TABLE_PREFIX", "EbsNodeStore", "TreeWaveStore"]
@@ -81,10 +82,17 @@ class EbsNodeStore:
         return count
 
     def iter_objects(self) -> Iterator[tuple[NodeId, int]]:
-        raise NotImplementedError(
-            "the encrypted store cannot list one table's nodes cheaply; "
-            "persist.db.verify surveys the store instead"
-        )
+        """Every node of this table with its count: a scan of the whole store.
+
+        Addresses reveal nothing, so the table's nodes are found by trial
+        authentication of every row (costly: for checks, never for reads).
+        REQUIRES: no commit meanwhile.
+        """
+        ebs = self.table.store
+        found = survey(ebs.kvs, ebs.keyring, [self.table.descriptor])
+        for key in found.nodes.get(self.table.descriptor, []):
+            nid = NodeId(key)
+            yield nid, self.refcount(nid)
 
     def add_to_batch(self, batch: WriteBatch, update: TreeUpdate) -> None:
         """Record ``update`` (the tree layer's write set) in an ebs batch."""

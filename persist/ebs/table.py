@@ -57,6 +57,11 @@ class Table:
     def descriptor(self) -> bytes:
         return self._keys.descriptor
 
+    @property
+    def store(self) -> EncryptedStore:
+        """The encrypted store this table belongs to."""
+        return self._store
+
     def live_keys(self) -> TableKeys:
         """The table's keys; ClosedError if the store closed or was rekeyed since."""
         self._store.check_open()
