@@ -30,7 +30,13 @@ from typing import Literal, TypeAlias
 from ..errors import ForkDetected, IntegrityError, RollbackDetected, WrongDatabase
 from .root import RootRecord
 
-__all__ = ["FreshnessLocation", "FreshnessRecord", "check_freshness", "resolve_location"]
+__all__ = [
+    "FreshnessLocation",
+    "FreshnessRecord",
+    "HintWriter",
+    "check_freshness",
+    "resolve_location",
+]
 
 #: ``None``: the default location; a path: that file; ``False``: no record.
 FreshnessLocation: TypeAlias = "str | os.PathLike[str] | Literal[False] | None"
@@ -57,7 +63,7 @@ class FreshnessRecord:
 
         The durable record at ``path`` is the baseline (IntegrityError if it
         is unreadable).  The per-commit hint at ``path.latest`` (see
-        :meth:`save_hint`) replaces it when it is readable, names the same
+        :class:`HintWriter`) replaces it when it is readable, names the same
         database and is not older; an unreadable hint (a power loss before it
         reached the disk) is ignored, which can only make detection weaker,
         never raise a false alarm.
@@ -94,43 +100,70 @@ class FreshnessRecord:
             ) from None
         return record
 
-    def _write(self, path: Path, *, durable: bool) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "db_id": self.db_id.hex(),
-            "count": self.count,
-            "root_digest": self.root_digest.hex(),
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if durable:
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-
     def save(self, path: Path) -> None:
         """Replace the record at ``path`` atomically and durably (open, close)."""
-        self._write(path, durable=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(self.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
         with contextlib.suppress(FileNotFoundError):
             _hint_path(path).unlink()
 
-    def save_hint(self, path: Path) -> None:
-        """Record a commit cheaply: an atomic rename, no fsync (docs/format.md).
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": _FORMAT,
+                "version": _VERSION,
+                "db_id": self.db_id.hex(),
+                "count": self.count,
+                "root_digest": self.root_digest.hex(),
+            }
+        )
 
-        A commit must not pay two more syncs for the record; a hint lost to a
-        power failure leaves the durable record, which is older, never newer,
-        than the store.
-        """
-        self._write(_hint_path(path), durable=False)
+
+class HintWriter:
+    """Writes the per-commit hint of one record in place: one ``pwrite``, no fsync.
+
+    The hint is the record's JSON padded with spaces to a fixed size, so each
+    commit overwrites the same bytes of an open file (docs/format.md
+    "Freshness record").  A write torn by a power failure leaves unreadable
+    JSON, which :meth:`FreshnessRecord.load` ignores; a commit must not pay a
+    file creation, a rename and two more syncs for the record.  Not
+    thread-safe: the store's writer lock serializes commits.
+    """
+
+    __slots__ = ("_fd", "_path")
+
+    def __init__(self, record_path: Path) -> None:
+        self._path = _hint_path(record_path)
+        self._fd: int | None = None
+
+    def write(self, record: FreshnessRecord) -> None:
+        data = record.to_json().encode("ascii").ljust(_HINT_SIZE - 1) + b"\n"
+        if self._fd is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.ftruncate(self._fd, _HINT_SIZE)
+        if os.pwrite(self._fd, data, 0) != _HINT_SIZE:
+            raise OSError(f"short write to {self._path}")
+
+    def close(self) -> None:
+        """Close the file (before :meth:`FreshnessRecord.save` removes it)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+# A record's JSON is about 160 bytes; one size for all keeps each write in one sector.
+_HINT_SIZE = 256
 
 
 def _hint_path(path: Path) -> Path:

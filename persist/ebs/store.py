@@ -41,7 +41,13 @@ from ..errors import (
     StoreNotFound,
 )
 from ..kvs.base import Store
-from .freshness import FreshnessLocation, FreshnessRecord, check_freshness, resolve_location
+from .freshness import (
+    FreshnessLocation,
+    FreshnessRecord,
+    HintWriter,
+    check_freshness,
+    resolve_location,
+)
 from .kdf import KdfParams
 from .keys import MASTER_KEY_SIZE, MAX_DESCRIPTOR, KeyRing, TableKeys
 from .keyslot import (
@@ -102,6 +108,7 @@ class EncryptedStore:
         self._keys = keys
         self._root = root
         self._freshness_path = freshness_path
+        self._hint = HintWriter(freshness_path) if freshness_path is not None else None
         self._clock = clock
         self.random = random
         self._lock = threading.RLock()
@@ -340,9 +347,9 @@ class EncryptedStore:
         puts[root_key] = root_row
         self.write_raw(puts, deletes)
         self._root = root
-        if self._freshness_path is not None:
+        if self._hint is not None:
             try:
-                FreshnessRecord.of(root).save_hint(self._freshness_path)
+                self._hint.write(FreshnessRecord.of(root))
             except OSError:
                 _log.warning("could not update the freshness record of %s", self.kvs.location)
         return root
@@ -502,6 +509,8 @@ class EncryptedStore:
                 return
             self._closed = True
             self._tables.clear()
+            if self._hint is not None:
+                self._hint.close()
             if self._freshness_path is not None and not self.kvs.read_only:
                 try:
                     FreshnessRecord.of(self._root).save(self._freshness_path)
