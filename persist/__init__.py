@@ -13,6 +13,7 @@ See docs/api.md.
 
 from .db import (
     Database,
+    LogLimits,
     Persistent,
     PersistentDict,
     PersistentList,
@@ -53,6 +54,7 @@ __all__ = [
     "Database",
     "ForkDetected",
     "IntegrityError",
+    "LogLimits",
     "NotAStore",
     "NotFound",
     "PersistError",

@@ -3,11 +3,13 @@
 from .database import Database, open
 from .keys import decode_key, encode_key
 from .objects import Persistent, PersistentDict, PersistentList
+from .rootlog import LogLimits
 from .table import RangeView, Table
 from .values import RecordRegistry, SchemaError, record, records
 
 __all__ = [
     "Database",
+    "LogLimits",
     "Persistent",
     "PersistentDict",
     "PersistentList",

@@ -31,6 +31,7 @@ from ..kvs import open_store
 from ..mux import AtomicBlock, Metrics, Multiplexer, MuxConfig
 from .keys import decode_key, encode_key
 from .objects import OBJECTS, PERSISTENT_CLASSES, Access, ObjectSpace
+from .rootlog import LogLimits
 from .table import Table
 from .treestore import TreeWaveStore
 from .values import RecordRegistry, ValueCodec, records
@@ -59,6 +60,7 @@ def open(
     durable: bool = True,
     cache_nodes: int = 50_000,
     registry: RecordRegistry | None = None,
+    root_log: LogLimits | None = None,
 ) -> Database:
     """Open the database at ``location``, creating it if it is missing and ``create``.
 
@@ -67,7 +69,9 @@ def open(
     256 MiB, p=4); ``allow_weak_kdf`` admits the weak profile meant for tests.
     ``freshness`` is where the freshness record lives (None: the user's state
     directory; False: none, trust on first use).  ``config`` tunes the
-    multiplexer (docs/design.md).  ``registry`` holds the record types
+    multiplexer and ``root_log`` how many small commits' changes the root
+    record carries before they are folded into the trees (docs/design.md,
+    "The committed state").  ``registry`` holds the record types
     (default: the process-wide one that ``@persist.record`` fills).
     """
     if (passphrase is None) == (key is None):
@@ -105,6 +109,7 @@ def open(
             read_only=read_only,
             config=config,
             cache_nodes=cache_nodes,
+            root_log=root_log,
             registry=registry if registry is not None else records,
         )
     except BaseException:
@@ -166,11 +171,12 @@ class Database:
         config: MuxConfig | None = None,
         cache_nodes: int = 50_000,
         registry: RecordRegistry = records,
+        root_log: LogLimits | None = None,
     ) -> None:
         self.location = ebs.kvs.location
         self.read_only = read_only
         self._ebs = ebs
-        self._trees = TreeWaveStore(ebs, cache_nodes=cache_nodes)
+        self._trees = TreeWaveStore(ebs, cache_nodes=cache_nodes, log_limits=root_log)
         self._mux: Multiplexer | None = None
         if not read_only:
             self._mux = Multiplexer(self._trees, config, name=f"persist:{Path(self.location).name}")
@@ -293,7 +299,11 @@ class Database:
         if self._mux is not None:
             return
         self._ebs.reload_root()
-        self._trees = TreeWaveStore(self._ebs, cache_nodes=self._trees.cache.max_nodes)
+        self._trees = TreeWaveStore(
+            self._ebs,
+            cache_nodes=self._trees.cache.max_nodes,
+            log_limits=self._trees.log_limits,
+        )
         self._reader.trees = self._trees
 
     def close(self) -> None:

@@ -1,6 +1,8 @@
 """The committed state: one Merkle B-tree per table in the encrypted byte store.
 
-This is the :class:`~persist.mux.WaveStore` of a real database.  A wave's
+This is the :class:`~persist.mux.WaveStore` of a real database.  A small
+wave is committed in the root log (:mod:`persist.db.rootlog`): the root is the
+only row written.  Otherwise, or when the log is full, the log and the wave's
 changes are applied to each table's tree as ONE sorted batch
 (:func:`~persist.btree.apply_batch`), so every touched node is encoded,
 hashed and encrypted once per wave; all tables' new nodes, count rows and
@@ -26,9 +28,10 @@ from ..btree import DELETE, NodeCache, NodeId, Tree, TreeUpdate, apply_batch
 from ..btree.nodestore import NODE_ID_SIZE
 from ..ebs import EncryptedStore, Table, WriteBatch
 from ..ebs.survey import survey
-from ..errors import IntegrityError
+from ..errors import IntegrityError, PersistError
+from .rootlog import LOG_DESCRIPTOR, LogLimits, RootLog
 
-__all__ = ["COUNT_PREFIX", "TABLE_PREFIX", "EbsNodeStore", "TreeWaveStore"]
+__all__ = ["COUNT_PREFIX", "TABLE_PREFIX", "EbsNodeStore", "LogLimits", "TreeWaveStore"]
 
 TABLE_PREFIX = "tree:"
 COUNT_PREFIX = b"rc"
@@ -137,12 +140,45 @@ class EbsNodeStore:
                 self._facts.popitem(last=False)
 
 
-class TreeWaveStore:
-    """Committed trees of every table; commits waves; serves reads lock-free."""
+class _State:
+    """One committed state: the trees and the root log over them (immutable)."""
 
-    def __init__(self, ebs: EncryptedStore, *, cache_nodes: int = 50_000) -> None:
+    __slots__ = ("_deltas", "log", "trees")
+
+    def __init__(self, trees: dict[str, Tree], log: RootLog) -> None:
+        self.trees = trees
+        self.log = log
+        self._deltas: dict[str, int] = {}
+
+    def count(self, table: str) -> int:
+        tree = self.trees.get(table)
+        n = 0 if tree is None else tree.count()
+        pending = self.log.tables.get(table)
+        if not pending:
+            return n
+        delta = self._deltas.get(table)
+        if delta is None:  # a benign race: two readers may both compute it
+            delta = 0
+            for key, value in pending.items():
+                present = tree is not None and key in tree
+                delta += (value is not None) - present
+            self._deltas[table] = delta
+        return n + delta
+
+
+class TreeWaveStore:
+    """Committed trees and root log of every table; commits waves; serves reads lock-free."""
+
+    def __init__(
+        self,
+        ebs: EncryptedStore,
+        *,
+        cache_nodes: int = 50_000,
+        log_limits: LogLimits | None = None,
+    ) -> None:
         self.ebs = ebs
         self.cache = NodeCache(cache_nodes)
+        self.log_limits = log_limits if log_limits is not None else LogLimits()
         self._lock = threading.Lock()  # guards _stores (created lazily by readers too)
         self._stores: dict[str, EbsNodeStore] = {}
         roots: dict[str, NodeId | None] = {}
@@ -152,9 +188,13 @@ class TreeWaveStore:
             if payload and len(payload) != NODE_ID_SIZE:
                 raise IntegrityError(f"catalog entry of {desc!r} is malformed")
             roots[desc[len(TABLE_PREFIX) :]] = NodeId(payload) if payload else None
-        self._trees: dict[str, Tree] = {
+        trees = {
             name: Tree(self._store(name), root, cache=self.cache) for name, root in roots.items()
         }
+        log = RootLog.from_payload(ebs.root.catalog.get(LOG_DESCRIPTOR, b""))
+        if not set(log.tables) <= set(trees):
+            raise IntegrityError("the root log names a table the catalog does not")
+        self._state = _State(trees, log)
 
     def _store(self, name: str) -> EbsNodeStore:
         with self._lock:
@@ -166,10 +206,36 @@ class TreeWaveStore:
     # -- the WaveStore interface -------------------------------------------------
 
     def commit_wave(self, number: int, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> None:
-        trees = dict(self._trees)
+        state = self._state
+        if state.log.fits(changes, self.log_limits):
+            self._commit_to_log(state, changes)
+        else:
+            self._fold(state, changes)
+
+    def _commit_to_log(
+        self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]
+    ) -> None:
+        """Commit ``changes`` in the root log: one row, the root (rootlog.py)."""
+        trees = state.trees
+        new_tables = [name for name in changes if name not in trees]
+        if new_tables:
+            trees = dict(trees)
+            for name in new_tables:
+                trees[name] = Tree(self._store(name), None, cache=self.cache)
+        log = state.log.extended(changes)
+        self.ebs.commit(self.ebs.batch(), self._catalog(trees, log))
+        self._state = _State(trees, log)  # publish: one reference swap
+
+    def _fold(self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> None:
+        """Apply the root log and ``changes`` to the trees; empty the log."""
+        trees = dict(state.trees)
         batch = self.ebs.batch()
         updates: list[tuple[EbsNodeStore, TreeUpdate]] = []
+        pending: dict[str, Mapping[bytes, bytes | None]] = dict(state.log.tables)
         for name, tab in changes.items():
+            logged = pending.get(name)
+            pending[name] = {**logged, **tab} if logged else tab
+        for name, tab in pending.items():
             ns = self._store(name)
             old = trees.get(name)
             sorted_changes = [(k, DELETE if v is None else v) for k, v in sorted(tab.items())]
@@ -179,39 +245,79 @@ class TreeWaveStore:
             ns.add_to_batch(batch, update)
             updates.append((ns, update))
             trees[name] = Tree(ns, root, cache=self.cache)
-        catalog = {descriptor(n): bytes(t.root or b"") for n, t in trees.items()}
+        log = RootLog()
         try:
-            self.ebs.commit(batch, catalog)
+            self.ebs.commit(batch, self._catalog(trees, log))
         except BaseException:
             for ns, _ in updates:
                 ns.forget()
             raise
         for ns, update in updates:
             ns.committed(update)
-        self._trees = trees  # publish: one reference swap (see the module docstring)
+        self._state = _State(trees, log)  # publish: one reference swap
+
+    @staticmethod
+    def _catalog(trees: Mapping[str, Tree], log: RootLog) -> dict[str, bytes]:
+        catalog = {descriptor(n): bytes(t.root or b"") for n, t in trees.items()}
+        payload = log.payload()
+        if payload:
+            catalog[LOG_DESCRIPTOR] = payload
+        return catalog
+
+    def fold(self) -> None:
+        """Commit the root log into the trees now (REQUIRES: the writer's thread)."""
+        state = self._state
+        if len(state.log):
+            self._fold(state, {})
 
     def tree(self, table: str) -> Tree | None:
-        return self._trees.get(table)
+        """The committed tree of ``table``, WITHOUT the root log over it (for checks)."""
+        return self._state.trees.get(table)
+
+    @property
+    def log(self) -> RootLog:
+        """The committed root log (for checks and reports)."""
+        return self._state.log
 
     def get(self, table: str, key: bytes) -> bytes | None:
-        tree = self._trees.get(table)
+        state = self._state
+        tab = state.log.tables.get(table)
+        if tab is not None and key in tab:
+            return tab[key]
+        tree = state.trees.get(table)
         return None if tree is None else tree.get(key)
 
     def scan(
         self, table: str, start: bytes | None, stop: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
-        tree = self._trees.get(table)
-        if tree is None:
-            return iter(())
-        return tree.items(start, stop, reverse=reverse)
+        state = self._state
+        tree = state.trees.get(table)
+        committed = iter(()) if tree is None else tree.items(start, stop, reverse=reverse)
+        return state.log.overlay(table, committed, start, stop, reverse)
 
     def count(self, table: str) -> int:
-        tree = self._trees.get(table)
-        return 0 if tree is None else tree.count()
+        return self._state.count(table)
 
     def tables(self) -> list[str]:
-        return sorted(self._trees)
+        return sorted(self._state.trees)
 
     def close(self) -> None:
-        self.ebs.close()
-        self.ebs.kvs.close()
+        """Fold the root log into the trees (when writable), then close the store.
+
+        A store at rest thus keeps everything in its trees.  A fold that fails
+        loses nothing (the log is committed); its error is raised once the
+        store is closed.
+        """
+        try:
+            if len(self._state.log) and self._writable():
+                self.fold()
+        finally:
+            self.ebs.close()
+            self.ebs.kvs.close()
+
+    def _writable(self) -> bool:
+        try:
+            self.ebs.check_writable()
+        except PersistError:
+            return False
+        return True

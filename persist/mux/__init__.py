@@ -4,7 +4,7 @@ See the theory of operation in :mod:`persist.mux.multiplexer`.
 """
 
 from .multiplexer import AtomicBlock, Metrics, Multiplexer, MuxConfig
-from .wave import Changes, Wave, WaveState, WaveStore
+from .wave import Changes, Wave, WaveState, WaveStore, merge_pending
 
 __all__ = [
     "AtomicBlock",
@@ -15,4 +15,5 @@ __all__ = [
     "Wave",
     "WaveState",
     "WaveStore",
+    "merge_pending",
 ]

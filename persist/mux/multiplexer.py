@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from ..errors import ClosedError, CommitFailed
-from .wave import Wave, WaveState, WaveStore
+from .wave import Wave, WaveState, WaveStore, merge_pending
 
 __all__ = ["AtomicBlock", "Metrics", "Multiplexer", "MuxConfig"]
 
@@ -343,7 +343,7 @@ class Multiplexer:
         if not pending:
             yield from committed
             return
-        yield from _merge(committed, sorted(pending.items(), reverse=reverse), reverse)
+        yield from merge_pending(committed, sorted(pending.items(), reverse=reverse), reverse)
 
     def count(self, table: str) -> int:
         """Entries of ``table``: the committed count adjusted by the pending waves."""
@@ -544,33 +544,3 @@ class AtomicBlock:
         tb: TracebackType | None,
     ) -> None:
         self._mux._exit_block(self._token)
-
-
-def _merge(
-    committed: Iterator[tuple[bytes, bytes]],
-    pending: list[tuple[bytes, bytes | None]],
-    reverse: bool,
-) -> Iterator[tuple[bytes, bytes]]:
-    """Merge two sorted streams; ``pending`` wins on equal keys, ``None`` deletes."""
-    i = 0
-    n = len(pending)
-
-    def before(a: bytes, b: bytes) -> bool:
-        return a > b if reverse else a < b
-
-    for key, value in committed:
-        while i < n and before(pending[i][0], key):
-            pk, pv = pending[i]
-            i += 1
-            if pv is not None:
-                yield pk, pv
-        if i < n and pending[i][0] == key:
-            pv = pending[i][1]
-            i += 1
-            if pv is not None:
-                yield key, pv
-            continue
-        yield key, value
-    for pk, pv in pending[i:]:
-        if pv is not None:
-            yield pk, pv

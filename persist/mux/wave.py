@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from typing import Protocol
 
-__all__ = ["Changes", "Wave", "WaveState", "WaveStore"]
+__all__ = ["Changes", "Wave", "WaveState", "WaveStore", "merge_pending"]
 
 #: A wave's content: table name -> key -> new value, ``None`` for a delete.
 Changes = dict[str, dict[bytes, bytes | None]]
@@ -119,3 +119,33 @@ class WaveStore(Protocol):
 
     def close(self) -> None:
         """Release the store; called once, after the last commit."""
+
+
+def merge_pending(
+    committed: Iterator[tuple[bytes, bytes]],
+    pending: list[tuple[bytes, bytes | None]],
+    reverse: bool,
+) -> Iterator[tuple[bytes, bytes]]:
+    """Merge two sorted streams; ``pending`` wins on equal keys, ``None`` deletes."""
+    i = 0
+    n = len(pending)
+
+    def before(a: bytes, b: bytes) -> bool:
+        return a > b if reverse else a < b
+
+    for key, value in committed:
+        while i < n and before(pending[i][0], key):
+            pk, pv = pending[i]
+            i += 1
+            if pv is not None:
+                yield pk, pv
+        if i < n and pending[i][0] == key:
+            pv = pending[i][1]
+            i += 1
+            if pv is not None:
+                yield key, pv
+            continue
+        yield key, value
+    for pk, pv in pending[i:]:
+        if pv is not None:
+            yield pk, pv

@@ -1,0 +1,174 @@
+"""The root log: small waves committed in the root record, folded into the trees later."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import persist
+from persist.db.rootlog import LOG_DESCRIPTOR, LogLimits, RootLog, decode_log, encode_entry
+from persist.db.treestore import TreeWaveStore
+from persist.ebs import EncryptedStore, KdfParams
+from persist.errors import IntegrityError
+from persist.kvs import MemoryStore, open_store
+
+WEAK = {"kdf": KdfParams.weak_for_tests(), "allow_weak_kdf": True, "freshness": False}
+
+changes_st = st.dictionaries(
+    st.sampled_from(["t", "accounts", "ünïcode"]),
+    st.dictionaries(st.binary(max_size=40), st.none() | st.binary(max_size=300), max_size=10),
+    max_size=3,
+)
+
+
+@given(first=changes_st, second=changes_st)
+def test_the_payload_round_trips(first: dict, second: dict) -> None:  # type: ignore[type-arg]
+    log = RootLog().extended(first).extended(second)
+    want: dict[str, dict[bytes, bytes | None]] = {}
+    for changes in (first, second):
+        for table, tab in changes.items():
+            if tab:
+                want.setdefault(table, {}).update(tab)
+    assert log.tables == want
+    assert decode_log(log.payload()) == want
+    assert len(log) == sum(map(len, want.values()))
+    assert log.nbytes == len(log.payload()) - (1 if len(log) else 0)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x02",  # an unknown version
+        b"\x01\x00",  # a truncated entry header
+        b"\x01" + encode_entry("t", b"k", b"value")[:-1],  # a truncated value
+        b"\x01" + encode_entry("t", b"k", b"1") + encode_entry("t", b"k", b"2"),  # a key twice
+        b"\x01" + encode_entry("", b"k", b"1"),  # no table name
+        b"\x01\x00\x02\x00\x00\x00\x00\x00\x00\xff\xfe",  # a name that is not UTF-8
+    ],
+)
+def test_a_malformed_payload_is_an_integrity_error(payload: bytes) -> None:
+    with pytest.raises(IntegrityError):
+        decode_log(payload)
+
+
+def _trees(limits: LogLimits) -> tuple[MemoryStore, TreeWaveStore]:
+    kvs = MemoryStore()
+    ebs = EncryptedStore.create(kvs, "pw", **WEAK)  # type: ignore[arg-type]
+    return kvs, TreeWaveStore(ebs, log_limits=limits)
+
+
+def _rows(kvs: MemoryStore) -> int:
+    return sum(1 for _ in kvs.scan())
+
+
+def test_small_waves_write_only_the_root_until_the_log_is_full() -> None:
+    kvs, trees = _trees(LogLimits(max_entries=10, max_bytes=10_000))
+    rows = _rows(kvs) + 1  # a keyslot, a root, and soon the other root slot
+    for i in range(10):
+        trees.commit_wave(i + 1, {"t": {b"k%02d" % i: b"v%d" % i}})
+        assert _rows(kvs) == rows  # a root slot was replaced, nothing else written
+        assert len(trees.log) == i + 1
+    tree = trees.tree("t")
+    assert tree is not None and tree.root is None  # all of it in the log so far
+    assert trees.get("t", b"k03") == b"v3" and trees.count("t") == 10
+    trees.commit_wave(11, {"t": {b"k10": b"v10", b"k00": None}})  # 12 entries: a fold
+    assert len(trees.log) == 0
+    tree = trees.tree("t")
+    assert tree is not None and tree.count() == 10 and tree.get(b"k10") == b"v10"
+    assert _rows(kvs) > rows
+    assert LOG_DESCRIPTOR not in trees.ebs.root.catalog
+
+
+def test_reads_lay_the_log_over_the_trees() -> None:
+    _, trees = _trees(LogLimits(max_entries=100, max_bytes=100_000))
+    trees.commit_wave(1, {"t": {b"%03d" % i: b"tree" for i in range(0, 303, 3)}})  # a fold
+    assert len(trees.log) == 0
+    logged = {b"%03d" % i: (None if i % 2 else b"log") for i in range(0, 60)}
+    trees.commit_wave(2, {"t": logged})
+    assert len(trees.log) == 60
+    want = {b"%03d" % i: b"tree" for i in range(0, 303, 3)}
+    for k, v in logged.items():
+        if v is None:
+            want.pop(k, None)
+        else:
+            want[k] = v
+    assert trees.count("t") == len(want)
+    assert list(trees.scan("t", None, None, False)) == sorted(want.items())
+    assert list(trees.scan("t", None, None, True)) == sorted(want.items(), reverse=True)
+    lo, hi = b"010", b"042"
+    part = sorted((k, v) for k, v in want.items() if lo <= k < hi)
+    assert list(trees.scan("t", lo, hi, False)) == part
+    assert list(trees.scan("t", lo, hi, True)) == part[::-1]
+    assert trees.get("t", b"003") is None and trees.get("t", b"004") == b"log"
+    assert trees.get("t", b"063") == b"tree"
+
+
+def test_a_large_value_goes_to_the_trees_at_once() -> None:
+    _, trees = _trees(LogLimits(max_entries=100, max_bytes=4096))
+    trees.commit_wave(1, {"t": {b"small": b"x"}})
+    assert len(trees.log) == 1
+    trees.commit_wave(2, {"t": {b"big": b"B" * 5000}})
+    assert len(trees.log) == 0
+    assert trees.get("t", b"big") == b"B" * 5000 and trees.get("t", b"small") == b"x"
+
+
+def test_zero_limits_turn_the_log_off() -> None:
+    _, trees = _trees(LogLimits(0, 0))
+    trees.commit_wave(1, {"t": {b"k": b"v"}})
+    assert len(trees.log) == 0 and trees.get("t", b"k") == b"v"
+    with pytest.raises(ValueError):
+        LogLimits(-1, 10)
+
+
+def test_a_new_table_in_the_log_is_in_the_catalog() -> None:
+    _, trees = _trees(LogLimits())
+    trees.commit_wave(1, {"fresh": {b"k": b"v"}})
+    assert trees.tables() == ["fresh"]
+    reopened = TreeWaveStore(trees.ebs)
+    assert reopened.tables() == ["fresh"] and reopened.get("fresh", b"k") == b"v"
+
+
+def test_close_folds_the_log(tmp_path: Path) -> None:
+    location = str(tmp_path / "db.sqlite")
+    with persist.open(location, "pw", **WEAK) as db:  # type: ignore[arg-type]
+        db.table("t")["a"] = 1
+        db.commit_wait()
+        assert len(db._trees.log) == 1
+    with persist.open(location, "pw", **WEAK) as db:  # type: ignore[arg-type]
+        assert len(db._trees.log) == 0 and db.table("t")["a"] == 1
+        assert db.verify() == []
+
+
+def test_read_only_and_crashed_writers_see_the_log(tmp_path: Path) -> None:
+    """A writer that dies (os._exit: no close, no fold) leaves its commits in the log."""
+    location = str(tmp_path / "db.sqlite")
+    script = textwrap.dedent(
+        f"""
+        import os, persist
+        from persist.ebs import KdfParams
+        db = persist.open({location!r}, "pw", kdf=KdfParams.weak_for_tests(),
+                          allow_weak_kdf=True, freshness=False)
+        t = db.table("t")
+        for i in range(20):
+            t[i] = "v%d" % i
+            db.commit_wait()
+        os._exit(0)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    store = open_store(location, read_only=True)
+    ebs = EncryptedStore.open(store, "pw", allow_weak_kdf=True, freshness=False)
+    assert len(RootLog.from_payload(ebs.root.catalog[LOG_DESCRIPTOR])) == 20
+    store.close()
+    with persist.open(location, "pw", read_only=True, **WEAK) as db:  # type: ignore[arg-type]
+        assert dict(db.table("t").items()) == {i: f"v{i}" for i in range(20)}
+        assert db.verify() == []
+        assert len(db._trees.log) == 20  # read-only: nothing folded on close
+    with persist.open(location, "pw", **WEAK) as db:  # type: ignore[arg-type]
+        assert len(db.table("t")) == 20 and db.verify() == []
