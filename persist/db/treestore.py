@@ -52,15 +52,23 @@ class EbsNodeStore:
     and tells the ebs each deleted node's size.  That saves the store reads
     that would otherwise cost about four per rewritten node.  The cache is
     updated only after a commit is durable (:meth:`committed`).
+
+    Complete facts: a table whose tree was empty when the writer first saw it
+    has no node at all (its nodes are reachable from its root, orphans aside,
+    which verify reports).  Every node it gets is then one the writer itself
+    committed, so while the cache has never dropped a fact, a node the cache
+    does not know is absent: no read needed to learn that a new node is new.
     """
 
-    __slots__ = ("_facts", "_facts_max", "_lock", "table")
+    __slots__ = ("_complete", "_facts", "_facts_max", "_lock", "table")
 
-    def __init__(self, table: Table, facts_max: int = _FACTS_MAX) -> None:
+    def __init__(self, table: Table, facts_max: int = _FACTS_MAX, *, empty: bool = False) -> None:
         self.table = table
         self._facts: OrderedDict[bytes, tuple[int, int | None]] = OrderedDict()
         self._facts_max = facts_max
         self._lock = threading.Lock()
+        #: every node of the table is in _facts (see the class docstring)
+        self._complete = empty
 
     def node_id(self, data: bytes) -> NodeId:
         return NodeId(self.table.node_id(data))
@@ -73,6 +81,8 @@ class EbsNodeStore:
             fact = self._facts.get(nid)
         if fact is not None:
             return fact[0]
+        if self._complete:
+            return 0
         if not self.table.has_node(nid):
             return 0  # most lookups are of new nodes: one read, no count row to read
         raw = self.table.read_row(COUNT_PREFIX + nid)
@@ -131,6 +141,7 @@ class EbsNodeStore:
         """Drop every fact (after a failed commit, nothing is known for sure)."""
         with self._lock:
             self._facts.clear()
+            self._complete = False
 
     def _remember(self, nid: bytes, count: int, size: int | None) -> None:
         with self._lock:
@@ -138,6 +149,7 @@ class EbsNodeStore:
             self._facts.move_to_end(nid)
             while len(self._facts) > self._facts_max:
                 self._facts.popitem(last=False)
+                self._complete = False
 
 
 class _State:
@@ -189,18 +201,21 @@ class TreeWaveStore:
                 raise IntegrityError(f"catalog entry of {desc!r} is malformed")
             roots[desc[len(TABLE_PREFIX) :]] = NodeId(payload) if payload else None
         trees = {
-            name: Tree(self._store(name), root, cache=self.cache) for name, root in roots.items()
+            name: Tree(self._store(name, empty=root is None), root, cache=self.cache)
+            for name, root in roots.items()
         }
         log = RootLog.from_payload(ebs.root.catalog.get(LOG_DESCRIPTOR, b""))
         if not set(log.tables) <= set(trees):
             raise IntegrityError("the root log names a table the catalog does not")
         self._state = _State(trees, log)
 
-    def _store(self, name: str) -> EbsNodeStore:
+    def _store(self, name: str, *, empty: bool = False) -> EbsNodeStore:
+        """The node store of ``name``; ``empty``: its committed tree is empty now."""
         with self._lock:
             ns = self._stores.get(name)
             if ns is None:
-                ns = self._stores[name] = EbsNodeStore(self.ebs.table(descriptor(name)))
+                table = self.ebs.table(descriptor(name))
+                ns = self._stores[name] = EbsNodeStore(table, empty=empty)
             return ns
 
     # -- the WaveStore interface -------------------------------------------------
@@ -221,7 +236,7 @@ class TreeWaveStore:
         if new_tables:
             trees = dict(trees)
             for name in new_tables:
-                trees[name] = Tree(self._store(name), None, cache=self.cache)
+                trees[name] = Tree(self._store(name, empty=True), None, cache=self.cache)
         log = state.log.extended(changes)
         self.ebs.commit(self.ebs.batch(), self._catalog(trees, log))
         self._state = _State(trees, log)  # publish: one reference swap
@@ -236,8 +251,8 @@ class TreeWaveStore:
             logged = pending.get(name)
             pending[name] = {**logged, **tab} if logged else tab
         for name, tab in pending.items():
-            ns = self._store(name)
             old = trees.get(name)
+            ns = self._store(name, empty=old is None or old.root is None)
             sorted_changes = [(k, DELETE if v is None else v) for k, v in sorted(tab.items())]
             root, update = apply_batch(
                 ns, old.root if old is not None else None, sorted_changes, cache=self.cache

@@ -311,7 +311,12 @@ class Multiplexer:
             if target is None:
                 return None
             target.waiters += 1
-            self._cond.notify_all()
+            # Wake the persistence thread only when the sealing rule (rule 4)
+            # may have changed for it: the first waiter starts the pacing
+            # clock, the expected number of waiters seals at once.  Waking it
+            # for every waiter would cost a thread switch per write.
+            if target.waiters == 1 or target.waiters >= self._expected_waiters:
+                self._cond.notify_all()
             return target.future
 
     # -- reads -------------------------------------------------------------------
