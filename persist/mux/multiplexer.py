@@ -57,7 +57,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -279,27 +278,33 @@ class Multiplexer:
     # -- commit-wait -------------------------------------------------------------
 
     def commit_wait(self, timeout: float | None = None) -> None:
-        """Return when every change made before the call is durable (rule 6)."""
-        fut = self._request_wait()
-        if fut is not None:
-            self._result(fut, timeout)
+        """Return when every change made before the call is durable (rule 6).
+
+        A thread waits on a lock of its own that the persistence thread
+        releases once the wave is done: waking N waiters costs N lock
+        releases, not a herd that then queues for one condition's lock.
+        """
+        waker = threading.Lock()
+        waker.acquire()
+        wave = self._request_wait(waker)
+        if wave is None:
+            return
+        if not waker.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError("the commit did not finish in time")
+        if wave.failure is not None:
+            raise CommitFailed(str(wave.failure)) from wave.failure.__cause__  # one per waiter
 
     async def acommit_wait(self) -> None:
         """``commit_wait`` for asyncio: awaits without blocking the event loop."""
-        fut = self._request_wait()
-        if fut is not None:
+        wave = self._request_wait(None)
+        if wave is not None:
             try:
-                await asyncio.wrap_future(fut)
+                await asyncio.wrap_future(wave.future)
             except CommitFailed as exc:
                 raise CommitFailed(str(exc)) from exc.__cause__
 
-    def _result(self, fut: Future[None], timeout: float | None) -> None:
-        try:
-            fut.result(timeout)
-        except CommitFailed as exc:
-            raise CommitFailed(str(exc)) from exc.__cause__  # a fresh one per waiter
-
-    def _request_wait(self) -> Future[None] | None:
+    def _request_wait(self, waker: threading.Lock | None) -> Wave | None:
+        """The wave to wait for (None: nothing pending); ``waker`` joins its wakers."""
         blk = _current_block.get()
         if blk is not None and blk.binds(self):
             raise RuntimeError("commit_wait inside an atomic block would wait for itself")
@@ -311,13 +316,15 @@ class Multiplexer:
             if target is None:
                 return None
             target.waiters += 1
+            if waker is not None:
+                target.wakers.append(waker)
             # Wake the persistence thread only when the sealing rule (rule 4)
             # may have changed for it: the first waiter starts the pacing
             # clock, the expected number of waiters seals at once.  Waking it
             # for every waiter would cost a thread switch per write.
             if target.waiters == 1 or target.waiters >= self._expected_waiters:
                 self._cond.notify_all()
-            return target.future
+            return target
 
     # -- reads -------------------------------------------------------------------
 
@@ -490,6 +497,8 @@ class Multiplexer:
             self._commit_max = max(self._commit_max, elapsed)
             self._cond.notify_all()
         wave.future.set_result(None)
+        for waker in wave.wakers:  # no waker joins a wave that left the queue
+            waker.release()
         for hook in self._post_hooks:
             try:
                 hook(wave.number)
@@ -510,7 +519,10 @@ class Multiplexer:
         error = CommitFailed(f"commit failed: {exc!r}")
         error.__cause__ = exc
         for wave in failed:
+            wave.failure = error
             wave.future.set_exception(error)
+            for waker in wave.wakers:
+                waker.release()
 
 
 class AtomicBlock:

@@ -13,6 +13,7 @@ first write until it is durable.  States, in order::
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
@@ -38,12 +39,14 @@ class Wave:
         "bytes",
         "changes",
         "deadline",
+        "failure",
         "first_write",
         "future",
         "number",
         "open_blocks",
         "state",
         "waiters",
+        "wakers",
         "writes",
     )
 
@@ -57,7 +60,11 @@ class Wave:
         self.bytes = 0  # approximate memory held: keys plus values
         self.first_write: float | None = None
         self.deadline: float | None = None
-        self.future: Future[None] = Future()
+        self.future: Future[None] = Future()  # for asyncio waiters
+        #: locks of waiting threads, released when the wave is done
+        self.wakers: list[threading.Lock] = []
+        #: set when the wave failed, before its wakers are released
+        self.failure: BaseException | None = None
 
     def record(self, table: str, key: bytes, value: bytes | None, max_delay: float) -> None:
         """REQUIRES: the multiplexer's lock held and the wave not SEALED."""
