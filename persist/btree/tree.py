@@ -15,14 +15,20 @@ checker: an internal node stores, for child ``i``, the exact minimum key
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from typing import TypeAlias
 
 from ..errors import IntegrityError
 from .cache import NodeCache, NodeReader
-from .node import Internal, Leaf, Value
+from .node import BlobRef, Internal, Leaf, Value
 from .nodestore import NodeId, NodeStore
 
 __all__ = ["Tree"]
+
+_BLOB_REF = BlobRef
+#: Part of one leaf in a range: its keys and values, and the indexes ``[lo, hi)``.
+_Span: TypeAlias = tuple[tuple[bytes, ...], tuple[Value, ...], int, int]
 
 
 class Tree:
@@ -98,8 +104,10 @@ class Tree:
         self, start: bytes | None = None, stop: bytes | None = None, *, reverse: bool = False
     ) -> Iterator[bytes]:
         """Yield the keys in ``[start, stop)``, ascending (descending if ``reverse``)."""
-        for key, _ in self._entries(start, stop, reverse):
-            yield key
+        return chain.from_iterable(
+            keys[lo:hi] if not reverse else keys[lo:hi][::-1]
+            for keys, _, lo, hi in self._spans(start, stop, reverse)
+        )
 
     def items(
         self, start: bytes | None = None, stop: bytes | None = None, *, reverse: bool = False
@@ -110,12 +118,48 @@ class Tree:
         reverse scan starts below ``stop``).  ``None`` leaves a side open.
         Large values are loaded only when their entry is reached.
         """
-        for key, value in self._entries(start, stop, reverse):
-            yield key, self._value(value)
+        return chain.from_iterable(self._runs(start, stop, reverse))
+
+    def _runs(
+        self, start: bytes | None, stop: bytes | None, reverse: bool
+    ) -> Iterator[Iterable[tuple[bytes, bytes]]]:
+        """Yield each leaf's part of the range as one iterable of pairs.
+
+        A leaf without blob references yields a ``zip`` of two slices, so
+        iterating its entries runs in C; one with blob references yields a
+        generator that loads each blob when its entry is reached.
+        """
+        for keys, values, lo, hi in self._spans(start, stop, reverse):
+            if _BLOB_REF in set(map(type, values)):
+                run = range(lo, hi) if not reverse else range(hi - 1, lo - 1, -1)
+                yield self._resolved(keys, values, run)
+            # No blob reference in this leaf: its values are the bytes to yield.
+            elif reverse:
+                yield zip(keys[lo:hi][::-1], values[lo:hi][::-1], strict=True)  # type: ignore[arg-type]
+            else:
+                yield zip(keys[lo:hi], values[lo:hi], strict=True)  # type: ignore[arg-type]
+
+    def _resolved(
+        self, keys: tuple[bytes, ...], values: tuple[Value, ...], run: range
+    ) -> Iterator[tuple[bytes, bytes]]:
+        for i in run:
+            yield keys[i], self._value(values[i])
 
     def _entries(
         self, start: bytes | None, stop: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, Value]]:
+        """Yield ``(key, stored value)`` pairs without loading blobs."""
+        for keys, values, lo, hi in self._spans(start, stop, reverse):
+            run = range(lo, hi) if not reverse else range(hi - 1, lo - 1, -1)
+            for i in run:
+                yield keys[i], values[i]
+
+    def _spans(self, start: bytes | None, stop: bytes | None, reverse: bool) -> Iterator[_Span]:
+        """Yield ``(keys, values, lo, hi)``: the part ``[lo, hi)`` of each leaf in range.
+
+        Leaves come in scan order; in a reverse scan each part is to be read
+        from ``hi - 1`` down to ``lo``.  No part is empty.
+        """
         if self.root is None or (start is not None and stop is not None and start >= stop):
             return
         if reverse:
@@ -123,9 +167,7 @@ class Tree:
         else:
             yield from self._forward(self.root, start, stop)
 
-    def _forward(
-        self, root: NodeId, start: bytes | None, stop: bytes | None
-    ) -> Iterator[tuple[bytes, Value]]:
+    def _forward(self, root: NodeId, start: bytes | None, stop: bytes | None) -> Iterator[_Span]:
         # The stack holds (internal node, index of the next child to visit).
         stack: list[tuple[Internal, int]] = []
         node = self._reader.tree_node(root)
@@ -135,10 +177,10 @@ class Tree:
             node = self._reader.tree_node(node.children[i])
         j = 0 if start is None else bisect_left(node.keys, start)
         while True:
-            keys, values = node.keys, node.values
+            keys = node.keys
             end = len(keys) if stop is None else bisect_left(keys, stop, j)
-            for k in range(j, end):
-                yield keys[k], values[k]
+            if j < end:
+                yield keys, node.values, j, end
             if end < len(keys):
                 return
             while stack and stack[-1][1] >= len(stack[-1][0].children):
@@ -155,9 +197,7 @@ class Tree:
                 down = self._reader.tree_node(down.children[0])
             node, j = down, 0
 
-    def _backward(
-        self, root: NodeId, start: bytes | None, stop: bytes | None
-    ) -> Iterator[tuple[bytes, Value]]:
+    def _backward(self, root: NodeId, start: bytes | None, stop: bytes | None) -> Iterator[_Span]:
         # The stack holds (internal node, index of the last child visited).
         stack: list[tuple[Internal, int]] = []
         node = self._reader.tree_node(root)
@@ -170,10 +210,10 @@ class Tree:
             node = self._reader.tree_node(node.children[i])
         j = len(node.keys) if stop is None else bisect_left(node.keys, stop)
         while True:
-            keys, values = node.keys, node.values
+            keys = node.keys
             low = 0 if start is None else bisect_left(keys, start, 0, j)
-            for k in range(j - 1, low - 1, -1):
-                yield keys[k], values[k]
+            if low < j:
+                yield keys, node.values, low, j
             if low > 0:
                 return
             while stack and stack[-1][1] == 0:

@@ -8,6 +8,8 @@ from bisect import bisect_left
 from itertools import islice
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from persist.btree import MemoryNodeStore, NodeCache, NodeId, Tree, bulk_load, check_tree
 from persist.errors import IntegrityError
@@ -47,6 +49,60 @@ def test_ranges_match_a_sorted_list(n: int) -> None:
     assert len(tree) == tree.count() == n
     assert tree.first() == (None if n == 0 else (keys[0], tree.get(keys[0])))
     assert tree.last() == (None if n == 0 else (keys[-1], tree.get(keys[-1])))
+
+
+def value_of(k: bytes) -> bytes:
+    return b"V" * (300 if k[-1] % 7 == 0 else 3)
+
+
+@pytest.mark.parametrize("n", [0, 1, 33, 600, 3_000])
+def test_items_match_a_sorted_list_in_both_directions(n: int) -> None:
+    """Issue 4: items come as whole leaf slices; blob values (> 224 bytes) are resolved."""
+    store, root, keys = make(n)
+    tree = Tree(store, root, cache=NodeCache(64))
+    pairs = [(k, value_of(k)) for k in keys]
+    rng = random.Random(n)
+    bounds = [None, key(0), key(1), key(2 * n), b"", b"\xff" * 5]
+    bounds += [key(rng.randrange(2 * n + 2)) for _ in range(12)]
+    for start in bounds:
+        for stop in bounds:
+            lo = 0 if start is None else bisect_left(keys, start)
+            hi = len(keys) if stop is None else max(lo, bisect_left(keys, stop))
+            assert list(tree.items(start, stop)) == pairs[lo:hi]
+            assert list(tree.items(start, stop, reverse=True)) == pairs[lo:hi][::-1]
+            assert list(tree.keys(start, stop, reverse=True)) == keys[lo:hi][::-1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(st.binary(max_size=3), st.sampled_from([b"", b"s", b"L" * 225, b"M" * 400])),
+    st.none() | st.binary(max_size=3),
+    st.none() | st.binary(max_size=3),
+)
+def test_items_equal_the_reference_for_any_bounds(
+    content: dict[bytes, bytes], start: bytes | None, stop: bytes | None
+) -> None:
+    store = MemoryNodeStore()
+    root, update = bulk_load(store, sorted(content.items()))
+    store.apply(update)
+    tree = Tree(store, root, cache=NodeCache(16))
+    want = [
+        (k, v)
+        for k, v in sorted(content.items())
+        if (start is None or k >= start) and (stop is None or k < stop)
+    ]
+    assert list(tree.items(start, stop)) == want
+    assert list(tree.items(start, stop, reverse=True)) == want[::-1]
+    assert list(tree.keys(start, stop)) == [k for k, _ in want]
+
+
+def test_reverse_items_load_blobs_lazily() -> None:
+    store, root, keys = make(100)
+    tree = Tree(store, root)
+    store.loads = 0
+    last = keys[-1]
+    assert next(tree.items(reverse=True)) == (last, value_of(last))
+    assert store.loads == 2 + (last[-1] % 7 == 0)  # root, leaf, and a blob only if it is one
 
 
 def test_get_and_contains() -> None:
