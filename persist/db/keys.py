@@ -22,9 +22,12 @@ Layout (every element starts with a tag byte; no tag is 0x00, so a tuple's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import compress, repeat
+from operator import itemgetter
 from typing import TypeAlias
 
-__all__ = ["Key", "decode_key", "encode_key"]
+__all__ = ["Key", "decode_key", "decode_keys", "encode_key"]
 
 Key: TypeAlias = "str | bytes | int | tuple[Key, ...]"
 
@@ -39,8 +42,22 @@ _BIG_LEN = 8  # byte width of the length field of big ints
 _MASK64 = (1 << 64) - 1
 
 
+_T_BYTES_HEAD = b"\x01"
+_T_STR_HEAD = b"\x02"
+_END = b"\x00"
+_ESCAPED = b"\x00\xff"
+
+
 def encode_key(key: object) -> bytes:
     """Encode ``key``; raise TypeError for an unsupported type (bool, float, None ...)."""
+    # Fast paths, the same bytes as _encode: a bytes or str key without 0x00.
+    if type(key) is bytes:
+        if _END not in key:
+            return _T_BYTES_HEAD + key + _END
+    elif type(key) is str:
+        raw = key.encode("utf-8", "surrogatepass")
+        if _END not in raw:
+            return _T_STR_HEAD + raw + _END
     out = bytearray()
     _encode(key, out, 0)
     return bytes(out)
@@ -97,6 +114,13 @@ def _encode_int(n: int, out: bytearray) -> None:
 
 def decode_key(data: bytes) -> Key:
     """Invert :func:`encode_key`; raise ValueError on malformed input."""
+    # Fast path for bytes keys: every 0x00 but the last one starts an escape 0x00 0xFF.
+    if data[:1] == _T_BYTES_HEAD and data[-1:] == _END:
+        zeros = data.count(0)
+        if zeros == 1:
+            return data[1:-1]
+        if zeros == data.count(_ESCAPED) + 1:
+            return data[1:-1].replace(_ESCAPED, _END)
     try:
         key, pos = _decode(data, 0)
     except IndexError:
@@ -155,3 +179,44 @@ def _decode(data: bytes, pos: int) -> tuple[Key, int]:
             raise IndexError
         return -int.from_bytes(bytes(b ^ 0xFF for b in raw), "big"), pos + length
     raise ValueError(f"unknown key tag 0x{tag:02x}")
+
+
+_first = itemgetter(0)
+_last = itemgetter(-1)
+_inner = itemgetter(slice(1, -1))
+_ONE = 1
+_ZERO = frozenset([0])
+_BYTES_TAG = frozenset([T_BYTES])
+_STR_TAG = frozenset([T_STR])
+_UTF8 = repeat("utf-8")
+_SURROGATEPASS = repeat("surrogatepass")
+
+
+def decode_keys(data: Sequence[bytes]) -> list[Key]:
+    """Decode several keys: ``[decode_key(d) for d in data]``, in C where it can.
+
+    In a run of bytes keys (or of str keys), a key without an escaped 0x00 is
+    its tag, its content and one 0x00 at the end, so a slice decodes it; the
+    few keys with an escaped 0x00 take :func:`decode_key`.  A run of mixed
+    or other types takes :func:`decode_key` for every key.
+    """
+    try:
+        tags = set(map(_first, data))
+        ends = set(map(_last, data))
+    except IndexError:  # an empty (malformed) encoding: decode_key reports it
+        return list(map(decode_key, data))
+    if ends != _ZERO:
+        return list(map(decode_key, data))
+    # Every key ends with 0x00, so exactly one each means no escaped 0x00 anywhere.
+    escaped = b"".join(data).count(0) != len(data)
+    if tags == _BYTES_TAG:
+        keys: list[Key] = list(map(_inner, data))
+    elif tags == _STR_TAG and not escaped:
+        keys = list(map(bytes.decode, map(_inner, data), _UTF8, _SURROGATEPASS))
+    else:
+        return list(map(decode_key, data))
+    if escaped:
+        zeros = map(bytes.count, data, repeat(_END))
+        for i in compress(range(len(data)), map(_ONE.__ne__, zeros)):
+            keys[i] = decode_key(data[i])
+    return keys
