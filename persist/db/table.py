@@ -7,16 +7,25 @@ the current wave; reads merge the waves with the committed tree.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound
-from .keys import decode_key, encode_key
+from .keys import decode_keys, encode_key
 
 if TYPE_CHECKING:
     from .database import Database
 
 __all__ = ["RangeView", "Table"]
+
+#: Iteration decodes entries in runs (a C-level loop per run): the first run
+#: is short, for callers that take only the first few; later runs double up
+#: to this many entries, or fewer when the values are large, so that what is
+#: read ahead stays around _RUN_BYTES (it is read ahead of the caller).
+_RUN_MAX = 128
+_RUN_FIRST = 4
+_RUN_BYTES = 64 * 1024
 
 
 class RangeView:
@@ -41,14 +50,29 @@ class RangeView:
         return t._db._access.scan(t.name, lo, hi, reverse)
 
     def _iterate(self, reverse: bool) -> Iterator[Any]:
-        decode = self._table._db._codec.decode
-        for k, v in self._pairs(reverse):
-            if self._part == "keys":
-                yield decode_key(k)
-            elif self._part == "values":
-                yield decode(v)
+        return chain.from_iterable(self._decoded_runs(reverse))
+
+    def _decoded_runs(self, reverse: bool) -> Iterator[Iterable[Any]]:
+        """Yield the entries run by run, each run decoded by C-level loops."""
+        decode_values = self._table._db._codec.decode_many
+        part = self._part
+        pairs = self._pairs(reverse)
+        size = _RUN_FIRST
+        while True:
+            run = list(islice(pairs, size))
+            if not run:
+                return
+            keys, values = zip(*run, strict=True)
+            if part == "keys":
+                yield decode_keys(keys)
+            elif part == "values":
+                yield decode_values(values)
             else:
-                yield decode_key(k), decode(v)
+                yield zip(decode_keys(keys), decode_values(values), strict=True)
+            if len(run) < size:
+                return  # the scan is exhausted
+            held = sum(map(len, values))
+            size = max(1, min(_RUN_MAX, 2 * size, _RUN_BYTES * size // max(held, 1)))
 
     def __iter__(self) -> Iterator[Any]:
         return self._iterate(self._reverse)
@@ -94,9 +118,11 @@ class Table(MutableMapping[Any, Any]):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         k = encode_key(key)
-        self._db._check_writable()
-        v = self._db._codec.encode(value)  # a TypeError here writes nothing
-        self._db._access.put(self.name, k, v)
+        db = self._db
+        if db._closed or db._mux is None:  # the common case skips two calls: a hot path
+            db._check_writable()
+        v = db._codec.encode(value)  # a TypeError here writes nothing
+        db._access.put(self.name, k, v)
 
     def __delitem__(self, key: Any) -> None:
         k = encode_key(key)
@@ -106,8 +132,7 @@ class Table(MutableMapping[Any, Any]):
         self._db._access.delete(self.name, k)
 
     def __iter__(self) -> Iterator[Any]:
-        for k, _ in self._db._access.scan(self.name, None, None, False):
-            yield decode_key(k)
+        return iter(RangeView(self, "keys", None, None, False))
 
     def __len__(self) -> int:
         return self._db._access.count(self.name)
