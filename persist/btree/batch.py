@@ -38,7 +38,9 @@ ones (``Ledger.incref``) and the old root (``Ledger.decref``); see
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from itertools import islice
+from operator import itemgetter, lt
 from typing import Final, TypeAlias
 
 from ..errors import IntegrityError
@@ -62,7 +64,7 @@ from .node import (
 )
 from .nodestore import NodeId, NodeStore, TreeUpdate
 
-__all__ = ["DELETE", "Change", "Delete", "apply_batch", "split_sizes"]
+__all__ = ["DELETE", "Change", "Changes", "Delete", "apply_batch", "split_sizes"]
 
 
 class Delete:
@@ -84,6 +86,10 @@ DELETE: Final = Delete()
 
 #: One change of a batch: ``(key, new value)`` or ``(key, DELETE)``.
 Change: TypeAlias = tuple[bytes, bytes | Delete]
+
+#: The changes of one batch: sorted ``(key, value)`` pairs, or a mapping in any
+#: order whose value None also means DELETE (sorted here, faster than pairs).
+Changes: TypeAlias = Iterable[Change] | Mapping[bytes, "bytes | Delete | None"]
 
 #: A stored node as its parent lists it: (minimum key, address, entry count).
 Ref: TypeAlias = tuple[bytes, NodeId, int]
@@ -111,6 +117,10 @@ class _InnerPiece:
     def size(self) -> int:
         return len(self.kids)
 
+
+_first = itemgetter(0)
+_second = itemgetter(1)
+_BYTES_TYPE = frozenset([bytes])
 
 _Piece: TypeAlias = "_LeafPiece | _InnerPiece"
 _Item: TypeAlias = "Ref | _LeafPiece | _InnerPiece"
@@ -144,34 +154,56 @@ class _Batch:
         self.new_blobs: dict[NodeId, bytes] = {}
         self.keys: list[bytes] = []
         self.values: list[Value | Delete] = []
+        self.deletes = False  # whether any change is a DELETE
 
     def _node(self, nid: NodeId) -> Node:
         node = self.opened.get(nid)
         return node if node is not None else self.reader.node(nid)
 
-    def prepare(self, changes: Iterable[Change]) -> None:
+    def prepare(self, changes: Changes) -> None:
         """Check the changes and turn large values into (pending) blobs."""
-        keys, values = self.keys, self.values
-        for key, value in changes:
-            if type(key) is not bytes:
-                raise TypeError(f"tree keys must be bytes, not {type(key).__name__}")
-            if len(key) > MAX_KEY_SIZE:
-                raise ValueError(f"tree key of {len(key)} bytes exceeds {MAX_KEY_SIZE}")
-            if keys and key <= keys[-1]:
-                raise ValueError("batch keys must be strictly ascending")
-            keys.append(key)
-            if type(value) is bytes:
-                if len(value) > INLINE_MAX:
-                    data = encode_blob(value)
-                    nid = self.store.node_id(data)
-                    self.new_blobs[nid] = data
-                    values.append(BlobRef(len(value), nid))
-                else:
-                    values.append(value)
-            elif value is DELETE:
-                values.append(DELETE)
-            else:
-                raise TypeError(f"tree values must be bytes or DELETE, not {type(value).__name__}")
+        keys: list[bytes]
+        values: list[Value | Delete | None]
+        if isinstance(changes, Mapping):
+            keys = sorted(changes)  # sorting bytes alone is faster than sorting pairs
+            values = list(map(changes.__getitem__, keys))
+        else:
+            pairs = changes if isinstance(changes, list) else list(changes)
+            keys = list(map(_first, pairs))
+            values = list(map(_second, pairs))
+        # The checks run as C-level loops over the whole batch (a wave may hold
+        # a hundred thousand changes); the per-change loop below runs only for
+        # batches with large values or deletes, or to find the offending change.
+        if not set(map(type, keys)) <= _BYTES_TYPE:
+            bad = next(k for k in keys if type(k) is not bytes)
+            raise TypeError(f"tree keys must be bytes, not {type(bad).__name__}")
+        if keys and max(map(len, keys)) > MAX_KEY_SIZE:
+            size = max(map(len, keys))
+            raise ValueError(f"tree key of {size} bytes exceeds {MAX_KEY_SIZE}")
+        if not isinstance(changes, Mapping) and not all(map(lt, keys, islice(keys, 1, None))):
+            raise ValueError("batch keys must be strictly ascending")
+        types = set(map(type, values))
+        if not types <= _BYTES_TYPE or max(map(len, values), default=0) > INLINE_MAX:  # type: ignore[arg-type]
+            mapped = isinstance(changes, Mapping)
+            values = [self._stored(value, mapped) for value in values]
+        self.keys, self.values = keys, values  # type: ignore[assignment]
+        self.deletes = Delete in types or (isinstance(changes, Mapping) and type(None) in types)
+
+    def _stored(self, value: Value | Delete | None, mapped: bool) -> Value | Delete:
+        """A change's value as the leaf will hold it (a large one becomes a pending blob).
+
+        ``mapped``: the changes came as a mapping, where None also deletes.
+        """
+        if type(value) is bytes:
+            if len(value) <= INLINE_MAX:
+                return value
+            data = encode_blob(value)
+            nid = self.store.node_id(data)
+            self.new_blobs[nid] = data
+            return BlobRef(len(value), nid)
+        if value is DELETE or (value is None and mapped):
+            return DELETE
+        raise TypeError(f"tree values must be bytes or DELETE, not {type(value).__name__}")
 
     def open_node(self, nid: NodeId, level: int) -> Leaf | Internal:
         """Read the stored node ``nid``, which its parent says is at ``level``."""
@@ -211,6 +243,38 @@ class _Batch:
         """Merge changes ``[lo, hi)`` into ``leaf``; None when it would not change."""
         old_keys, old_values = leaf.keys, leaf.values
         ckeys, cvalues = self.keys, self.values
+        pack_left = not old_keys or ckeys[lo] > old_keys[-1]
+        keys: list[bytes]
+        values: list[Value]
+        if pack_left and not self.deletes:
+            # Only appends (a bulk load into an empty tree, keys beyond the end):
+            # no merge, and no per-change work (the slices are C-level copies).
+            if old_keys:
+                keys = [*old_keys, *ckeys[lo:hi]]
+                values = [*old_values, *cvalues[lo:hi]]  # type: ignore[list-item]
+            elif lo == 0 and hi == len(ckeys):
+                keys, values = ckeys, cvalues  # type: ignore[assignment]  # only sliced below
+            else:
+                keys, values = ckeys[lo:hi], cvalues[lo:hi]  # type: ignore[assignment]
+        else:
+            merged = self.merge_leaf(old_keys, old_values, lo, hi)
+            if merged is None:
+                return None
+            keys, values = merged
+            if not keys:
+                return []
+        pieces: list[_Item] = []
+        start = 0
+        for size in split_sizes(len(keys), LEAF_MAX, pack_left=pack_left):
+            pieces.append(_LeafPiece(keys[start : start + size], values[start : start + size]))
+            start += size
+        return pieces
+
+    def merge_leaf(
+        self, old_keys: tuple[bytes, ...], old_values: tuple[Value, ...], lo: int, hi: int
+    ) -> tuple[list[bytes], list[Value]] | None:
+        """The entries of a leaf after changes ``[lo, hi)``; None when nothing changes."""
+        ckeys, cvalues = self.keys, self.values
         keys: list[bytes] = []
         values: list[Value] = []
         changed = False
@@ -233,15 +297,7 @@ class _Batch:
             return None
         keys.extend(old_keys[pos:])
         values.extend(old_values[pos:])
-        if not keys:
-            return []
-        pack_left = not old_keys or ckeys[lo] > old_keys[-1]
-        pieces: list[_Item] = []
-        start = 0
-        for size in split_sizes(len(keys), LEAF_MAX, pack_left=pack_left):
-            pieces.append(_LeafPiece(keys[start : start + size], values[start : start + size]))
-            start += size
-        return pieces
+        return keys, values
 
     def group(self, items: list[_Item], level: int, *, pack_left: bool = False) -> list[_Item]:
         """Wrap ``items`` (children at ``level - 1``) into pieces at ``level``."""
@@ -342,14 +398,16 @@ class _Batch:
 def apply_batch(
     store: NodeStore,
     root: NodeId | None,
-    changes: Iterable[Change],
+    changes: Changes,
     *,
     cache: NodeCache | None = None,
 ) -> tuple[NodeId | None, TreeUpdate]:
     """Apply sorted ``changes`` to the tree ``root``; return ``(new root, update)``.
 
     ``changes`` are ``(key, value)`` pairs with strictly ascending ``bytes``
-    keys; a value is ``bytes`` (insert or replace) or :data:`DELETE`.  The
+    keys; a value is ``bytes`` (insert or replace) or :data:`DELETE`.  They
+    may also come as a mapping from key to value, in any order, where None
+    deletes too (the shape of a wave; sorting keys alone is faster).  The
     tree at ``root`` is not modified.  The update holds the new objects, the
     count changes and the freed objects (the old root's handle moves to the
     new root); commit it and the new root in one atomic batch.  To apply

@@ -111,9 +111,13 @@ def encode_leaf(
     keys: list[bytes] | tuple[bytes, ...], values: list[Value] | tuple[Value, ...]
 ) -> bytes:
     """Return the canonical bytes of a leaf (REQUIRES: keys ascending, len(keys)==len(values))."""
-    # cbor2 encodes a bytes subclass (NodeId) as a plain byte string.
-    vals = [v if type(v) is bytes else [v[0], v[1]] for v in values]
-    return cbor2.dumps([KIND_LEAF, FORMAT_VERSION, list(keys), vals], canonical=True)
+    # cbor2 encodes a bytes subclass (NodeId) as a plain byte string, and a
+    # tuple as an array: a leaf without blob references needs no copy.
+    if set(map(type, values)) <= _BYTES:
+        vals: object = values
+    else:
+        vals = [v if type(v) is bytes else [v[0], v[1]] for v in values]
+    return cbor2.dumps([KIND_LEAF, FORMAT_VERSION, keys, vals], canonical=True)
 
 
 def encode_internal(

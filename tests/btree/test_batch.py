@@ -220,6 +220,33 @@ def test_batch_argument_errors_are_raised_before_any_work() -> None:
     assert store.objects == {}
 
 
+def test_a_mapping_of_changes_equals_its_sorted_pairs() -> None:
+    """Issue 4: a wave's dict goes in unsorted; None deletes, as DELETE does."""
+    store, root = tall_tree(3_000)
+    rng = random.Random(4)
+    changes: dict[bytes, bytes | None] = {}
+    for i in rng.sample(range(6_000), 900):
+        changes[key(i)] = None if i % 3 == 0 else (b"big" * 100 if i % 5 == 0 else b"v%d" % i)
+    pairs = [(k, DELETE if v is None else v) for k, v in sorted(changes.items())]
+    via_pairs = apply_batch(store, root, pairs)
+    via_mapping = apply_batch(store, root, changes)
+    assert via_mapping == via_pairs
+    appended = {key(10_000 + i): b"x" for i in range(100)}  # appends only: no merge
+    assert apply_batch(store, root, appended) == apply_batch(store, root, sorted(appended.items()))
+
+
+def test_mapping_argument_errors() -> None:
+    store = MemoryNodeStore()
+    with pytest.raises(TypeError):
+        apply_batch(store, None, {"a": b"1"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError):
+        apply_batch(store, None, {b"a": 1})  # type: ignore[dict-item]
+    with pytest.raises(ValueError):
+        apply_batch(store, None, {b"k" * 1025: b"1"})
+    assert apply_batch(store, None, {}) == (None, TreeUpdate())
+    assert store.objects == {}
+
+
 # -- root handles, several tables, chaining ------------------------------------------
 
 
