@@ -134,6 +134,11 @@ class Tree:
                 run = range(lo, hi) if not reverse else range(hi - 1, lo - 1, -1)
                 yield self._resolved(keys, values, run)
             # No blob reference in this leaf: its values are the bytes to yield.
+            elif lo == 0 and hi == len(keys):  # a whole leaf: no slices to copy
+                if reverse:
+                    yield zip(reversed(keys), reversed(values), strict=True)  # type: ignore[arg-type]
+                else:
+                    yield zip(keys, values, strict=True)  # type: ignore[arg-type]
             elif reverse:
                 yield zip(keys[lo:hi][::-1], values[lo:hi][::-1], strict=True)  # type: ignore[arg-type]
             else:

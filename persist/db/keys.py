@@ -23,7 +23,7 @@ Layout (every element starts with a tag byte; no tag is 0x00, so a tuple's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import compress, repeat
+from itertools import repeat
 from operator import itemgetter
 from typing import TypeAlias
 
@@ -184,7 +184,8 @@ def _decode(data: bytes, pos: int) -> tuple[Key, int]:
 _first = itemgetter(0)
 _last = itemgetter(-1)
 _inner = itemgetter(slice(1, -1))
-_ONE = 1
+_ESCAPED_R = repeat(_ESCAPED)
+_END_R = repeat(_END)
 _ZERO = frozenset([0])
 _BYTES_TAG = frozenset([T_BYTES])
 _STR_TAG = frozenset([T_STR])
@@ -195,10 +196,10 @@ _SURROGATEPASS = repeat("surrogatepass")
 def decode_keys(data: Sequence[bytes]) -> list[Key]:
     """Decode several keys: ``[decode_key(d) for d in data]``, in C where it can.
 
-    In a run of bytes keys (or of str keys), a key without an escaped 0x00 is
-    its tag, its content and one 0x00 at the end, so a slice decodes it; the
-    few keys with an escaped 0x00 take :func:`decode_key`.  A run of mixed
-    or other types takes :func:`decode_key` for every key.
+    A well-formed bytes key is its tag, its content with 0x00 escaped as
+    0x00 0xFF, and a final 0x00: a slice and a replace decode it.  A str key
+    without an escape decodes by a slice too, then as UTF-8.  A run of mixed
+    or other types, or a malformed one, takes :func:`decode_key` for every key.
     """
     try:
         tags = set(map(_first, data))
@@ -207,16 +208,17 @@ def decode_keys(data: Sequence[bytes]) -> list[Key]:
         return list(map(decode_key, data))
     if ends != _ZERO:
         return list(map(decode_key, data))
-    # Every key ends with 0x00, so exactly one each means no escaped 0x00 anywhere.
-    escaped = b"".join(data).count(0) != len(data)
+    # Every key ends with 0x00, and starts with tag 0x01 or 0x02 (else it falls
+    # back below), so in the joined run a 0x00 0xFF never spans two keys: the
+    # counts tell whether every 0x00 but each key's last starts an escape.
+    joined = b"".join(data)
+    escapes = joined.count(_ESCAPED)
+    if joined.count(0) != len(data) + escapes:
+        return list(map(decode_key, data))  # malformed: decode_key says where
     if tags == _BYTES_TAG:
-        keys: list[Key] = list(map(_inner, data))
-    elif tags == _STR_TAG and not escaped:
-        keys = list(map(bytes.decode, map(_inner, data), _UTF8, _SURROGATEPASS))
-    else:
-        return list(map(decode_key, data))
-    if escaped:
-        zeros = map(bytes.count, data, repeat(_END))
-        for i in compress(range(len(data)), map(_ONE.__ne__, zeros)):
-            keys[i] = decode_key(data[i])
-    return keys
+        if escapes:
+            return list(map(bytes.replace, map(_inner, data), _ESCAPED_R, _END_R))
+        return list(map(_inner, data))
+    if tags == _STR_TAG and not escapes:
+        return list(map(bytes.decode, map(_inner, data), _UTF8, _SURROGATEPASS))
+    return list(map(decode_key, data))
