@@ -1,54 +1,65 @@
-"""The root log: small waves committed in the root record, folded into the trees later.
+"""The root log: small waves committed in one row each, folded into the trees later.
 
-Theory of operation (docs/design.md, "The committed state").
+Theory of operation (docs/design.md, "The root log").
 
 A wave of a few writes would otherwise rewrite, hash and encrypt a whole
 root-to-leaf path of every tree it touches (three or four nodes per table),
 and a lone writer doing a commit-wait after every write would pay that on
 each commit.  Instead, a wave whose changes fit the log's bounds is committed
-by adding them to the **log**: an opaque payload of the root record's catalog
-(descriptor ``log``), so the commit writes one row, the root, which it writes
-anyway.  When the log would outgrow its bounds, the commit **folds** it: the
-log and the wave are applied to the trees as one sorted batch per table and
-the log is emptied, in the same root.
+as one **segment**: a mutable row of the ebs table ``log`` holding the wave's
+changes, written with the next root, whose catalog entry ``log`` says which
+segments exist.  When the log would outgrow its bounds, the commit **folds**
+it: the log and the wave are applied to the trees as one sorted batch per
+table, and the segments are deleted, in the same atomic batch.
 
-1. The committed state is the trees with the log laid over them: a key in the
-   log has the log's value (``None``: deleted), any other key the tree's.
-2. The log is part of the root, so it is authenticated, covered by the
-   freshness chain and switched atomically with the trees; a crash keeps or
-   loses a wave whole, like any other commit (DESIGN §3 rule 4).
-3. Bounds: at most ``max_entries`` keys and ``max_bytes`` of encoded entries.
-   Every commit rewrites the whole log, so the bounds trade the cost of each
-   small commit (encrypting the log) against the cost of a fold (amortized
-   over the log's entries); the defaults suit 16-byte keys and 100-byte
-   values on a local disk.
+1. The committed state is the trees with the log laid over them, segment by
+   segment in order: a key in the log has its newest logged value (``None``:
+   deleted), any other key the tree's.
+2. The catalog entry names the log's generation (incremented by every fold),
+   its number of segments and a hash chain over their plaintexts; segment
+   ``i`` of generation ``g`` is the row ``g || i``.  Opening reads every
+   segment and checks the chain, so a segment deleted, rolled back or
+   swapped is an IntegrityError; the root's coverage digest of the table
+   covers the rows as well (verify).
+3. A commit writes one new row and the root, whatever the size of the log;
+   the bounds (keys and bytes of segments) only cap the memory of the log,
+   the time to read it on open, and the work of a fold.
 4. Deletes of keys the tree does not hold stay in the log until the fold,
    where they are no-ops.
 
-Payload (docs/format.md "Root log"): one version byte, then per entry ``u16``
-table-name length, ``u16`` key length, ``u32`` value length (``0xFFFFFFFF`` for
-a delete), then the name (UTF-8), the key and the value.  At most one entry
-per (table, key).
+Formats (docs/format.md "Root log"): the catalog payload is
+:data:`_META`; a segment is one version byte, then per entry ``u16``
+table-name length, ``u16`` key length, ``u32`` value length (``0xFFFFFFFF``
+for a delete), then the name (UTF-8), the key and the value; at most one
+entry per (table, key) in a segment.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from ..errors import IntegrityError
 from ..mux import merge_pending
 
-__all__ = ["LOG_DESCRIPTOR", "LogLimits", "RootLog", "decode_log"]
+__all__ = ["LOG_DESCRIPTOR", "LogLimits", "RootLog", "decode_segment", "encode_segment"]
 
+#: The catalog entry and the ebs table of the log.
 LOG_DESCRIPTOR = "log"
-_VERSION = b"\x01"
+_VERSION = 1
+#: version, generation, number of segments, chain digest
+_META = struct.Struct(">BQI32s")
+_SEGMENT_KEY = struct.Struct(">QI")
 _ENTRY = struct.Struct(">HHI")
 _DELETED = 0xFFFFFFFF
+_CHAIN_PERSON = b"persist-log-v1"
+_NO_CHAIN = bytes(32)
 
 Pending = dict[bytes, bytes | None]
+Changes = Mapping[str, Mapping[bytes, bytes | None]]
 
 
 @dataclass(frozen=True)
@@ -59,28 +70,41 @@ class LogLimits:
     """
 
     #: Most keys the log holds.
-    max_entries: int = 256
-    #: Most bytes of encoded entries (table name, key and value, plus 8 bytes each).
-    max_bytes: int = 32 * 1024
+    max_entries: int = 1024
+    #: Most bytes of segments (per change: table name, key and value, plus 8 bytes).
+    max_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
         if self.max_entries < 0 or self.max_bytes < 0:
             raise ValueError("log limits are not negative (0 turns the log off)")
 
 
-def encode_entry(table: str, key: bytes, value: bytes | None) -> bytes:
-    name = table.encode("utf-8")
-    if value is None:
-        return _ENTRY.pack(len(name), len(key), _DELETED) + name + key
-    return _ENTRY.pack(len(name), len(key), len(value)) + name + key + value
+def segment_key(generation: int, index: int) -> bytes:
+    """The logical key of segment ``index`` of generation ``generation``."""
+    return _SEGMENT_KEY.pack(generation, index)
 
 
-def decode_log(payload: bytes) -> dict[str, Pending]:
-    """The log's changes, table -> key -> value; IntegrityError when malformed."""
-    if not payload:
-        return {}
-    if payload[:1] != _VERSION:
-        raise IntegrityError("the root log has an unknown version")
+def _chain(chain: bytes, segment: bytes) -> bytes:
+    return hashlib.blake2b(chain + segment, digest_size=32, person=_CHAIN_PERSON).digest()
+
+
+def encode_segment(changes: Changes) -> bytes:
+    """One segment: every change of ``changes`` (tables with no change are skipped)."""
+    parts = [bytes([_VERSION])]
+    for table, tab in changes.items():
+        name = table.encode("utf-8")
+        for key, value in tab.items():
+            if value is None:
+                parts += [_ENTRY.pack(len(name), len(key), _DELETED), name, key]
+            else:
+                parts += [_ENTRY.pack(len(name), len(key), len(value)), name, key, value]
+    return b"".join(parts)
+
+
+def decode_segment(payload: bytes) -> dict[str, Pending]:
+    """A segment's changes, table -> key -> value; IntegrityError when malformed."""
+    if payload[:1] != bytes([_VERSION]):
+        raise IntegrityError("a root log segment has an unknown version")
     out: dict[str, Pending] = {}
     pos, end = 1, len(payload)
     try:
@@ -102,65 +126,101 @@ def decode_log(payload: bytes) -> dict[str, Pending]:
                 raise ValueError("a key twice")
             table[key] = value
     except (ValueError, struct.error, UnicodeDecodeError):
-        raise IntegrityError("the root log is malformed") from None
+        raise IntegrityError("a root log segment is malformed") from None
     return out
 
 
 class RootLog:
     """One committed log: immutable once built, shared by every reader of its state."""
 
-    __slots__ = ("_encoded", "_sorted", "nbytes", "tables")
+    __slots__ = ("_sorted", "chain", "entries", "generation", "nbytes", "segments", "tables")
 
     def __init__(
         self,
         tables: Mapping[str, Pending] | None = None,
-        encoded: dict[tuple[str, bytes], bytes] | None = None,
+        *,
+        generation: int = 0,
+        segments: int = 0,
+        chain: bytes = _NO_CHAIN,
+        nbytes: int = 0,
     ) -> None:
         #: table -> key -> value (None: deleted)
-        self.tables: dict[str, Pending] = dict(tables or {})
-        if encoded is None:
-            encoded = {
-                (t, k): encode_entry(t, k, v)
-                for t, tab in self.tables.items()
-                for k, v in tab.items()
-            }
-        self._encoded = encoded
-        self.nbytes = sum(map(len, encoded.values()))
+        self.tables: dict[str, Pending] = {t: tab for t, tab in (tables or {}).items() if tab}
+        self.generation = generation
+        self.segments = segments
+        self.chain = chain
+        #: bytes of all segments
+        self.nbytes = nbytes
+        #: keys in the log
+        self.entries = sum(map(len, self.tables.values()))
         self._sorted: dict[str, tuple[list[bytes], list[bytes | None]]] = {}
 
-    @classmethod
-    def from_payload(cls, payload: bytes) -> RootLog:
-        return cls(decode_log(payload))
-
     def __len__(self) -> int:
-        return len(self._encoded)
+        return self.entries
 
-    def payload(self) -> bytes:
-        """The catalog payload (empty for an empty log)."""
-        if not self._encoded:
+    # -- the catalog entry and the segments -------------------------------------
+
+    def meta(self) -> bytes:
+        """The catalog payload; empty while nothing was ever logged."""
+        if self.generation == 0 and self.segments == 0:
             return b""
-        return _VERSION + b"".join(self._encoded.values())
+        return _META.pack(_VERSION, self.generation, self.segments, self.chain)
 
-    def extended(self, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> RootLog:
-        """A new log: this one with ``changes`` laid over it (this one is unchanged)."""
+    def segment_keys(self) -> list[bytes]:
+        return [segment_key(self.generation, i) for i in range(self.segments)]
+
+    @classmethod
+    def load(cls, meta: bytes, read_row: Callable[[bytes], bytes | None]) -> RootLog:
+        """The log a catalog payload names, its segments read with ``read_row``."""
+        if not meta:
+            return cls()
+        try:
+            version, generation, segments, chain = _META.unpack(meta)
+        except struct.error:
+            raise IntegrityError("the root log's catalog entry is malformed") from None
+        if version != _VERSION:
+            raise IntegrityError("the root log has an unknown version")
+        tables: dict[str, Pending] = {}
+        running, nbytes = _NO_CHAIN, 0
+        for i in range(segments):
+            segment = read_row(segment_key(generation, i))
+            if segment is None:
+                raise IntegrityError(f"root log segment {i} is missing")
+            running = _chain(running, segment)
+            nbytes += len(segment)
+            for table, tab in decode_segment(segment).items():
+                tables.setdefault(table, {}).update(tab)
+        if running != chain:
+            raise IntegrityError("the root log's segments are not the ones its root names")
+        return cls(tables, generation=generation, segments=segments, chain=chain, nbytes=nbytes)
+
+    def appended(self, changes: Changes) -> tuple[RootLog, bytes, bytes]:
+        """``(new log, segment key, segment)``: this log plus ``changes`` as a segment."""
+        segment = encode_segment(changes)
         tables = dict(self.tables)
-        encoded = dict(self._encoded)
         for table, tab in changes.items():
-            if not tab:
-                continue
-            merged = dict(tables.get(table, {}))
-            merged.update(tab)
-            tables[table] = merged
-            for key, value in tab.items():
-                encoded[(table, key)] = encode_entry(table, key, value)
-        return RootLog(tables, encoded)
+            if tab:
+                merged = dict(tables.get(table, {}))
+                merged.update(tab)
+                tables[table] = merged
+        log = RootLog(
+            tables,
+            generation=self.generation,
+            segments=self.segments + 1,
+            chain=_chain(self.chain, segment),
+            nbytes=self.nbytes + len(segment),
+        )
+        return log, segment_key(self.generation, self.segments), segment
 
-    def fits(self, changes: Mapping[str, Mapping[bytes, bytes | None]], limits: LogLimits) -> bool:
+    def folded(self) -> RootLog:
+        """The empty log of the next generation (after a fold)."""
+        return RootLog(generation=self.generation + 1)
+
+    def fits(self, changes: Changes, limits: LogLimits) -> bool:
         """Whether this log plus ``changes`` stays within ``limits`` (an upper bound)."""
-        entries = len(self._encoded) + sum(map(len, changes.values()))
-        if entries > limits.max_entries:
+        if self.entries + sum(map(len, changes.values())) > limits.max_entries:
             return False
-        size = self.nbytes
+        size = self.nbytes + 1
         for table, tab in changes.items():
             overhead = _ENTRY.size + len(table.encode("utf-8"))
             for key, value in tab.items():
@@ -170,12 +230,6 @@ class RootLog:
         return True
 
     # -- reading (any thread) --------------------------------------------------
-
-    def lookup(self, table: str, key: bytes) -> tuple[bool, bytes | None]:
-        tab = self.tables.get(table)
-        if tab is None or key not in tab:
-            return False, None
-        return True, tab[key]
 
     def overlay(
         self,

@@ -204,7 +204,8 @@ class TreeWaveStore:
             name: Tree(self._store(name, empty=root is None), root, cache=self.cache)
             for name, root in roots.items()
         }
-        log = RootLog.from_payload(ebs.root.catalog.get(LOG_DESCRIPTOR, b""))
+        self._log_table = ebs.table(LOG_DESCRIPTOR)
+        log = RootLog.load(ebs.root.catalog.get(LOG_DESCRIPTOR, b""), self._log_table.read_row)
         if not set(log.tables) <= set(trees):
             raise IntegrityError("the root log names a table the catalog does not")
         self._state = _State(trees, log)
@@ -230,15 +231,17 @@ class TreeWaveStore:
     def _commit_to_log(
         self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]
     ) -> None:
-        """Commit ``changes`` in the root log: one row, the root (rootlog.py)."""
+        """Commit ``changes`` as a segment of the root log: one row and the root."""
         trees = state.trees
         new_tables = [name for name in changes if name not in trees]
         if new_tables:
             trees = dict(trees)
             for name in new_tables:
                 trees[name] = Tree(self._store(name, empty=True), None, cache=self.cache)
-        log = state.log.extended(changes)
-        self.ebs.commit(self.ebs.batch(), self._catalog(trees, log))
+        log, key, segment = state.log.appended(changes)
+        batch = self.ebs.batch()
+        batch.put_row(self._log_table, key, segment, new=True)  # a fresh key per segment
+        self.ebs.commit(batch, self._catalog(trees, log))
         self._state = _State(trees, log)  # publish: one reference swap
 
     def _fold(self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> None:
@@ -260,7 +263,9 @@ class TreeWaveStore:
             ns.add_to_batch(batch, update)
             updates.append((ns, update))
             trees[name] = Tree(ns, root, cache=self.cache)
-        log = RootLog()
+        for key in state.log.segment_keys():
+            batch.delete_row(self._log_table, key)
+        log = state.log.folded()
         try:
             self.ebs.commit(batch, self._catalog(trees, log))
         except BaseException:
@@ -274,7 +279,7 @@ class TreeWaveStore:
     @staticmethod
     def _catalog(trees: Mapping[str, Tree], log: RootLog) -> dict[str, bytes]:
         catalog = {descriptor(n): bytes(t.root or b"") for n, t in trees.items()}
-        payload = log.payload()
+        payload = log.meta()
         if payload:
             catalog[LOG_DESCRIPTOR] = payload
         return catalog
@@ -282,7 +287,7 @@ class TreeWaveStore:
     def fold(self) -> None:
         """Commit the root log into the trees now (REQUIRES: the writer's thread)."""
         state = self._state
-        if len(state.log):
+        if state.log.segments:
             self._fold(state, {})
 
     def tree(self, table: str) -> Tree | None:
@@ -324,7 +329,7 @@ class TreeWaveStore:
         store is closed.
         """
         try:
-            if len(self._state.log) and self._writable():
+            if self._state.log.segments and self._writable():
                 self.fold()
         finally:
             self.ebs.close()

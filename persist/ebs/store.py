@@ -310,7 +310,7 @@ class EncryptedStore:
             for storage_key, (table, key, value) in batch.rows.items():
                 keys = table.live_keys()
                 cover = coverage.get(keys.descriptor, Coverage())
-                old = self.kvs.get(storage_key)
+                old = None if storage_key in batch.new_rows else self.kvs.get(storage_key)
                 if old is not None:
                     cover = cover.remove(keys.coverage_element(storage_key, old))
                     deletes.update(self._old_chunks(keys, RowKind.ROW, storage_key, key, old))

@@ -135,13 +135,15 @@ RowOp = tuple[Table, bytes, bytes | None]
 class WriteBatch:
     """The writes of one commit.  Later operations on the same row replace earlier ones."""
 
-    __slots__ = ("_committed", "_store", "nodes", "rows")
+    __slots__ = ("_committed", "_store", "new_rows", "nodes", "rows")
 
     def __init__(self, store: EncryptedStore) -> None:
         self._store = store
         self._committed = False
         self.nodes: dict[bytes, NodeOp] = {}
         self.rows: dict[bytes, RowOp] = {}
+        #: storage keys of rows the caller vouches do not exist yet
+        self.new_rows: set[bytes] = set()
 
     def _table(self, table: Table) -> TableKeys:
         if not isinstance(table, Table) or table._store is not self._store:
@@ -171,16 +173,27 @@ class WriteBatch:
             raise ValueError("size is the node's length in bytes")
         self.nodes[_check_node_id(nid)] = (table, None, size)
 
-    def put_row(self, table: Table, key: bytes, value: bytes) -> None:
-        """Set the mutable row ``key`` to ``value``."""
+    def put_row(self, table: Table, key: bytes, value: bytes, *, new: bool = False) -> None:
+        """Set the mutable row ``key`` to ``value``.
+
+        ``new=True`` vouches that no row ``key`` exists, which spares the
+        commit reading the old row to update the coverage digest.  A false
+        claim leaves the digest wrong, which verify then reports.
+        """
         keys = self._table(table)
         storage_key = keys.row_key(_check_bytes("a row key", key))
         self.rows[storage_key] = (table, key, _check_bytes("a row value", value))
+        if new:
+            self.new_rows.add(storage_key)
+        else:
+            self.new_rows.discard(storage_key)
 
     def delete_row(self, table: Table, key: bytes) -> None:
         """Delete the mutable row ``key`` (absent rows are fine)."""
         keys = self._table(table)
-        self.rows[keys.row_key(_check_bytes("a row key", key))] = (table, key, None)
+        storage_key = keys.row_key(_check_bytes("a row key", key))
+        self.rows[storage_key] = (table, key, None)
+        self.new_rows.discard(storage_key)
 
     def claim(self, store: EncryptedStore) -> None:
         """Mark the batch committed (it cannot be committed twice)."""

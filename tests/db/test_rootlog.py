@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import persist
-from persist.db.rootlog import LOG_DESCRIPTOR, LogLimits, RootLog, decode_log, encode_entry
+from persist.db.rootlog import LOG_DESCRIPTOR, LogLimits, RootLog, decode_segment, encode_segment
 from persist.db.treestore import TreeWaveStore
 from persist.ebs import EncryptedStore, KdfParams
 from persist.errors import IntegrityError
@@ -28,17 +28,41 @@ changes_st = st.dictionaries(
 
 
 @given(first=changes_st, second=changes_st)
-def test_the_payload_round_trips(first: dict, second: dict) -> None:  # type: ignore[type-arg]
-    log = RootLog().extended(first).extended(second)
+def test_segments_round_trip(first: dict, second: dict) -> None:  # type: ignore[type-arg]
+    rows: dict[bytes, bytes] = {}
+    log = RootLog()
     want: dict[str, dict[bytes, bytes | None]] = {}
     for changes in (first, second):
+        log, key, segment = log.appended(changes)
+        rows[key] = segment
+        assert decode_segment(segment) == {t: tab for t, tab in changes.items() if tab}
         for table, tab in changes.items():
             if tab:
                 want.setdefault(table, {}).update(tab)
     assert log.tables == want
-    assert decode_log(log.payload()) == want
     assert len(log) == sum(map(len, want.values()))
-    assert log.nbytes == len(log.payload()) - (1 if len(log) else 0)
+    assert log.nbytes == sum(map(len, rows.values()))
+    loaded = RootLog.load(log.meta(), rows.get)
+    assert loaded.tables == want and loaded.meta() == log.meta()
+
+
+def test_the_chain_catches_a_missing_swapped_or_old_segment() -> None:
+    rows: dict[bytes, bytes] = {}
+    log = RootLog()
+    for i in range(3):
+        log, key, segment = log.appended({"t": {b"k": b"%d" % i}})
+        rows[key] = segment
+    assert RootLog.load(log.meta(), rows.get).tables == {"t": {b"k": b"2"}}
+    keys = sorted(rows)
+    for damaged in (
+        {k: v for k, v in rows.items() if k != keys[1]},  # a segment missing
+        {**rows, keys[0]: rows[keys[1]], keys[1]: rows[keys[0]]},  # two swapped
+        {**rows, keys[2]: rows[keys[1]]},  # one rolled back to another's content
+    ):
+        with pytest.raises(IntegrityError):
+            RootLog.load(log.meta(), damaged.get)
+    with pytest.raises(IntegrityError):
+        RootLog.load(log.meta()[:-1], rows.get)
 
 
 @pytest.mark.parametrize(
@@ -46,15 +70,15 @@ def test_the_payload_round_trips(first: dict, second: dict) -> None:  # type: ig
     [
         b"\x02",  # an unknown version
         b"\x01\x00",  # a truncated entry header
-        b"\x01" + encode_entry("t", b"k", b"value")[:-1],  # a truncated value
-        b"\x01" + encode_entry("t", b"k", b"1") + encode_entry("t", b"k", b"2"),  # a key twice
-        b"\x01" + encode_entry("", b"k", b"1"),  # no table name
+        encode_segment({"t": {b"k": b"value"}})[:-1],  # a truncated value
+        encode_segment({"t": {b"k": b"1"}}) + encode_segment({"t": {b"k": b"2"}})[1:],  # twice
+        encode_segment({"": {b"k": b"1"}}),  # no table name
         b"\x01\x00\x02\x00\x00\x00\x00\x00\x00\xff\xfe",  # a name that is not UTF-8
     ],
 )
-def test_a_malformed_payload_is_an_integrity_error(payload: bytes) -> None:
+def test_a_malformed_segment_is_an_integrity_error(payload: bytes) -> None:
     with pytest.raises(IntegrityError):
-        decode_log(payload)
+        decode_segment(payload)
 
 
 def _trees(limits: LogLimits) -> tuple[MemoryStore, TreeWaveStore]:
@@ -67,12 +91,12 @@ def _rows(kvs: MemoryStore) -> int:
     return sum(1 for _ in kvs.scan())
 
 
-def test_small_waves_write_only_the_root_until_the_log_is_full() -> None:
+def test_small_waves_write_one_row_and_the_root_until_the_log_is_full() -> None:
     kvs, trees = _trees(LogLimits(max_entries=10, max_bytes=10_000))
     rows = _rows(kvs) + 1  # a keyslot, a root, and soon the other root slot
     for i in range(10):
         trees.commit_wave(i + 1, {"t": {b"k%02d" % i: b"v%d" % i}})
-        assert _rows(kvs) == rows  # a root slot was replaced, nothing else written
+        assert _rows(kvs) == rows + i + 1  # a root slot replaced, one segment added
         assert len(trees.log) == i + 1
     tree = trees.tree("t")
     assert tree is not None and tree.root is None  # all of it in the log so far
@@ -81,8 +105,10 @@ def test_small_waves_write_only_the_root_until_the_log_is_full() -> None:
     assert len(trees.log) == 0
     tree = trees.tree("t")
     assert tree is not None and tree.count() == 10 and tree.get(b"k10") == b"v10"
-    assert _rows(kvs) > rows
-    assert LOG_DESCRIPTOR not in trees.ebs.root.catalog
+    assert _rows(kvs) == rows + 1  # the segments deleted, one leaf written
+    assert trees.log.segments == 0 and trees.log.generation == 1
+    assert TreeWaveStore(trees.ebs).get("t", b"k10") == b"v10"
+    assert trees.ebs.verify_rows() == []  # the segments' rows are gone, coverage adds up
 
 
 def test_reads_lay_the_log_over_the_trees() -> None:
@@ -164,7 +190,8 @@ def test_read_only_and_crashed_writers_see_the_log(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     store = open_store(location, read_only=True)
     ebs = EncryptedStore.open(store, "pw", allow_weak_kdf=True, freshness=False)
-    assert len(RootLog.from_payload(ebs.root.catalog[LOG_DESCRIPTOR])) == 20
+    log = RootLog.load(ebs.root.catalog[LOG_DESCRIPTOR], ebs.table(LOG_DESCRIPTOR).read_row)
+    assert len(log) == 20 and log.segments == 20
     store.close()
     with persist.open(location, "pw", read_only=True, **WEAK) as db:  # type: ignore[arg-type]
         assert dict(db.table("t").items()) == {i: f"v{i}" for i in range(20)}

@@ -6,7 +6,7 @@ import os
 
 from persist.btree import ProblemKind, check_tree
 from persist.btree.node import encode_leaf
-from persist.db.treestore import EbsNodeStore, TreeWaveStore, descriptor
+from persist.db.treestore import EbsNodeStore, LogLimits, TreeWaveStore, descriptor
 from persist.ebs import EncryptedStore, KdfParams
 from persist.kvs import MemoryStore
 
@@ -15,7 +15,7 @@ def test_checker_over_the_encrypted_node_store() -> None:
     ebs = EncryptedStore.create(
         MemoryStore(), "pw", kdf=KdfParams.weak_for_tests(), allow_weak_kdf=True, freshness=False
     )
-    trees = TreeWaveStore(ebs)
+    trees = TreeWaveStore(ebs, log_limits=LogLimits(0, 0))  # every wave into the trees
     shared = b"S" * 300  # a blob referenced by many keys: count rows above 1
     trees.commit_wave(1, {"t": {os.urandom(8): (shared if i % 2 else b"v") for i in range(500)}})
     trees.commit_wave(
