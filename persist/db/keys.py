@@ -43,21 +43,19 @@ _MASK64 = (1 << 64) - 1
 
 
 _T_BYTES_HEAD = b"\x01"
-_T_STR_HEAD = b"\x02"
 _END = b"\x00"
 _ESCAPED = b"\x00\xff"
 
 
 def encode_key(key: object) -> bytes:
     """Encode ``key``; raise TypeError for an unsupported type (bool, float, None ...)."""
-    # Fast paths, the same bytes as _encode: a bytes or str key without 0x00.
+    # Fast paths for the common keys: the same bytes as _encode, without its calls.
     if type(key) is bytes:
-        if _END not in key:
-            return _T_BYTES_HEAD + key + _END
-    elif type(key) is str:
-        raw = key.encode("utf-8", "surrogatepass")
-        if _END not in raw:
-            return _T_STR_HEAD + raw + _END
+        return b"\x01" + key.replace(b"\x00", b"\x00\xff") + b"\x00"
+    if type(key) is str:
+        return (
+            b"\x02" + key.encode("utf-8", "surrogatepass").replace(b"\x00", b"\x00\xff") + b"\x00"
+        )
     out = bytearray()
     _encode(key, out, 0)
     return bytes(out)

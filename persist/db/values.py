@@ -130,6 +130,10 @@ def _head(major: int, n: int) -> bytes:
     return bytes((major | 27,)) + n.to_bytes(8, "big")
 
 
+#: The heads of byte strings of 0 to 255 bytes.
+_BYTES_HEADS = tuple(_head(_MAJOR_BYTES, n) for n in range(0x100))
+
+
 def _encode_plain(value: object) -> bytes | None:
     """The CBOR of a plain bytes, str or int (below 2**64 in magnitude), else None."""
     if type(value) is bytes:
@@ -216,6 +220,8 @@ class ValueCodec:
         return self._encoders
 
     def encode(self, value: Any) -> bytes:
+        if type(value) is bytes and len(value) < 0x100:  # the commonest value: one lookup
+            return _BYTES_HEADS[len(value)] + value
         plain = _encode_plain(value)
         if plain is not None:
             return plain
