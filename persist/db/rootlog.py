@@ -57,6 +57,8 @@ _ENTRY = struct.Struct(">HHI")
 _DELETED = 0xFFFFFFFF
 _CHAIN_PERSON = b"persist-log-v1"
 _NO_CHAIN = bytes(32)
+#: keys in a log's recent layer before a commit merges it into the base layer
+_RECENT_MAX = 64
 
 Pending = dict[bytes, bytes | None]
 Changes = Mapping[str, Mapping[bytes, bytes | None]]
@@ -70,9 +72,9 @@ class LogLimits:
     """
 
     #: Most keys the log holds.
-    max_entries: int = 1024
+    max_entries: int = 2048
     #: Most bytes of segments (per change: table name, key and value, plus 8 bytes).
-    max_bytes: int = 256 * 1024
+    max_bytes: int = 512 * 1024
 
     def __post_init__(self) -> None:
         if self.max_entries < 0 or self.max_bytes < 0:
@@ -131,32 +133,74 @@ def decode_segment(payload: bytes) -> dict[str, Pending]:
 
 
 class RootLog:
-    """One committed log: immutable once built, shared by every reader of its state."""
+    """One committed log: immutable once built, shared by every reader of its state.
 
-    __slots__ = ("_sorted", "chain", "entries", "generation", "nbytes", "segments", "tables")
+    Its changes are kept in two layers, ``recent`` over ``base`` (table ->
+    key -> value, ``None``: deleted), so that a commit copies the small
+    recent layer and only every :data:`_RECENT_MAX` keys the whole log.
+    """
+
+    __slots__ = (
+        "_merged",
+        "_sorted",
+        "base",
+        "bound",
+        "chain",
+        "generation",
+        "nbytes",
+        "recent",
+        "segments",
+    )
 
     def __init__(
         self,
         tables: Mapping[str, Pending] | None = None,
         *,
+        recent: Mapping[str, Pending] | None = None,
         generation: int = 0,
         segments: int = 0,
         chain: bytes = _NO_CHAIN,
         nbytes: int = 0,
     ) -> None:
-        #: table -> key -> value (None: deleted)
-        self.tables: dict[str, Pending] = {t: tab for t, tab in (tables or {}).items() if tab}
+        self.base: dict[str, Pending] = {t: tab for t, tab in (tables or {}).items() if tab}
+        self.recent: dict[str, Pending] = {t: tab for t, tab in (recent or {}).items() if tab}
         self.generation = generation
         self.segments = segments
         self.chain = chain
         #: bytes of all segments
         self.nbytes = nbytes
-        #: keys in the log
-        self.entries = sum(map(len, self.tables.values()))
+        #: at least the number of keys in the log (keys in both layers count twice)
+        self.bound = sum(map(len, self.base.values())) + sum(map(len, self.recent.values()))
+        self._merged: dict[str, Pending] | None = None
         self._sorted: dict[str, tuple[list[bytes], list[bytes | None]]] = {}
 
+    @property
+    def tables(self) -> dict[str, Pending]:
+        """The log's changes, table -> key -> value (built once; do not modify)."""
+        merged = self._merged
+        if merged is None:  # a benign race: two readers may both build it
+            if not self.recent:
+                merged = self.base
+            else:
+                merged = dict(self.base)
+                for table, tab in self.recent.items():
+                    merged[table] = {**merged.get(table, {}), **tab}
+            self._merged = merged
+        return merged
+
+    def lookup(self, table: str, key: bytes) -> tuple[bool, bytes | None]:
+        """``(found, value)``: whether the log holds ``key`` and its value."""
+        tab = self.recent.get(table)
+        if tab is not None and key in tab:
+            return True, tab[key]
+        tab = self.base.get(table)
+        if tab is not None and key in tab:
+            return True, tab[key]
+        return False, None
+
     def __len__(self) -> int:
-        return self.entries
+        """The number of keys in the log."""
+        return sum(map(len, self.tables.values()))
 
     # -- the catalog entry and the segments -------------------------------------
 
@@ -197,14 +241,18 @@ class RootLog:
     def appended(self, changes: Changes) -> tuple[RootLog, bytes, bytes]:
         """``(new log, segment key, segment)``: this log plus ``changes`` as a segment."""
         segment = encode_segment(changes)
-        tables = dict(self.tables)
+        base, recent = self.base, dict(self.recent)
         for table, tab in changes.items():
             if tab:
-                merged = dict(tables.get(table, {}))
-                merged.update(tab)
-                tables[table] = merged
+                recent[table] = {**recent.get(table, {}), **tab}
+        if sum(map(len, recent.values())) > _RECENT_MAX:
+            base = dict(base)
+            for table, tab in recent.items():
+                base[table] = {**base.get(table, {}), **tab}
+            recent = {}
         log = RootLog(
-            tables,
+            base,
+            recent=recent,
             generation=self.generation,
             segments=self.segments + 1,
             chain=_chain(self.chain, segment),
@@ -218,7 +266,7 @@ class RootLog:
 
     def fits(self, changes: Changes, limits: LogLimits) -> bool:
         """Whether this log plus ``changes`` stays within ``limits`` (an upper bound)."""
-        if self.entries + sum(map(len, changes.values())) > limits.max_entries:
+        if self.bound + sum(map(len, changes.values())) > limits.max_entries:
             return False
         size = self.nbytes + 1
         for table, tab in changes.items():

@@ -301,9 +301,11 @@ class TreeWaveStore:
 
     def get(self, table: str, key: bytes) -> bytes | None:
         state = self._state
-        tab = state.log.tables.get(table)
-        if tab is not None and key in tab:
-            return tab[key]
+        log = state.log
+        if log.bound:
+            found, value = log.lookup(table, key)
+            if found:
+                return value
         tree = state.trees.get(table)
         return None if tree is None else tree.get(key)
 

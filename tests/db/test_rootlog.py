@@ -199,3 +199,30 @@ def test_read_only_and_crashed_writers_see_the_log(tmp_path: Path) -> None:
         assert len(db._trees.log) == 20  # read-only: nothing folded on close
     with persist.open(location, "pw", **WEAK) as db:  # type: ignore[arg-type]
         assert len(db.table("t")) == 20 and db.verify() == []
+
+
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["a", "b"]),
+            st.dictionaries(st.binary(min_size=1, max_size=2), st.none() | st.binary(max_size=3)),
+            max_size=2,
+        ),
+        max_size=60,
+    )
+)
+def test_the_layers_read_like_one_dict(waves: list) -> None:  # type: ignore[type-arg]
+    """More than 64 keys move the recent layer into the base: reads do not change."""
+    log = RootLog()
+    model: dict[str, dict[bytes, bytes | None]] = {}
+    for changes in waves:
+        log, _, _ = log.appended(changes)
+        for table, tab in changes.items():
+            if tab:
+                model.setdefault(table, {}).update(tab)
+        assert log.tables == model
+        assert len(log) == sum(map(len, model.values())) <= log.bound
+        for table in ("a", "b"):
+            for key in (b"\0", b"\1", b"\0\1"):
+                want = model.get(table, {})
+                assert log.lookup(table, key) == ((key in want), want.get(key))
