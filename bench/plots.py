@@ -25,6 +25,7 @@ STYLE: dict[str, dict[str, Any]] = {
     "persist-sqlite": {"color": "#d62728", "marker": "o"},
     "persist-sqlite-nofresh": {"color": "#ff9896", "marker": "o"},
     "persist-leveldb": {"color": "#1f77b4", "marker": "s"},
+    "persist-mux": {"color": "#ff7f0e", "marker": "o", "linestyle": ":"},
     "apsw": {"color": "#7f7f7f", "marker": "^", "linestyle": "--"},
     "sqlcipher3": {"color": "#2ca02c", "marker": "D", "linestyle": "--"},
     "plyvel": {"color": "#9467bd", "marker": "v", "linestyle": "--"},

@@ -4,6 +4,9 @@ The systems, all on a fresh store per timed window:
 
 * ``persist-*``: one shared database; each thread does ``t[key] = value`` then
   ``db.commit_wait()``; the multiplexer folds concurrent writes into waves.
+* ``persist-mux``: persist's multiplexer alone, over a store whose commit only
+  appends a line to a file and ``fdatasync``\ s it: the ceiling that the
+  threads, locks, wake-ups and the GIL leave for everything else.
 * ``apsw``: the naive SQLite way: a connection per thread (WAL,
   ``synchronous=FULL``, a busy timeout), one autocommitted ``INSERT`` per write.
 * ``plyvel``: the naive LevelDB way: one handle (LevelDB allows one per
@@ -18,6 +21,7 @@ The systems, all on a fresh store per timed window:
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import threading
 import time
@@ -31,6 +35,7 @@ import apsw
 import plyvel
 
 import persist
+from persist.mux import Multiplexer
 
 from .peers import RAW_KEY, SQL_SCHEMA
 from .workload import KEY_SIZE, SEED, VALUE_SIZE
@@ -78,6 +83,59 @@ class PersistWriters(Writers):
     def close(self) -> dict[str, Any]:
         m = self.db.metrics()
         self.db.close()
+        return {
+            "waves": m.waves_committed,
+            "writes_per_wave": m.writes_per_wave,
+            "mean_commit_seconds": m.mean_commit_seconds,
+        }
+
+
+class _SyncOnlyStore:
+    """A WaveStore that only appends each wave's size to a file and syncs it.
+
+    With it, the multiplexer's own cost shows: threads, locks, wake-ups and
+    the GIL, with no tree, no encryption and the cheapest durable write.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def commit_wave(self, number: int, changes: Any) -> None:
+        os.write(self.fd, f"{number} {sum(map(len, changes.values()))}\n".encode())
+        os.fdatasync(self.fd)
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return None
+
+    def scan(self, table: str, start: Any, stop: Any, reverse: bool) -> Any:
+        return iter(())
+
+    def count(self, table: str) -> int:
+        return 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class MuxOnlyWriters(Writers):
+    """persist's multiplexer over :class:`_SyncOnlyStore`: its ceiling on this machine."""
+
+    def __init__(self, directory: Path, threads: int) -> None:
+        super().__init__(directory, threads)
+        self.mux = Multiplexer(_SyncOnlyStore(directory / "waves.log"))
+
+    def writer(self) -> Write:
+        put, commit_wait = self.mux.put, self.mux.commit_wait
+
+        def write(key: bytes, value: bytes) -> None:
+            put("bench", key, value)
+            commit_wait()
+
+        return write
+
+    def close(self) -> dict[str, Any]:
+        m = self.mux.metrics()
+        self.mux.close()
         return {
             "waves": m.waves_committed,
             "writes_per_wave": m.writes_per_wave,
@@ -194,6 +252,7 @@ SYSTEMS: dict[str, tuple[str, Callable[[Path, int], Writers]]] = {
         lambda d, t: PersistWriters(d, t, "sqlite", freshness=False),
     ),
     "persist-leveldb": ("persist (LevelDB)", lambda d, t: PersistWriters(d, t, "leveldb")),
+    "persist-mux": ("persist's multiplexer alone (one fdatasync per wave)", MuxOnlyWriters),
     "apsw": ("apsw, connection per thread", ApswWriters),
     "plyvel": ("plyvel, locked put(sync=True)", lambda d, t: PlyvelWriters(d, t, group=False)),
     "plyvel-group": (
