@@ -5,7 +5,7 @@ The systems, all on a fresh store per timed window:
 * ``persist-*``: one shared database; each thread does ``t[key] = value`` then
   ``db.commit_wait()``; the multiplexer folds concurrent writes into waves.
 * ``persist-mux``: persist's multiplexer alone, over a store whose commit only
-  appends a line to a file and ``fdatasync``\ s it: the ceiling that the
+  appends a line to a file and syncs it (``fdatasync``): the ceiling that the
   threads, locks, wake-ups and the GIL leave for everything else.
 * ``apsw``: the naive SQLite way: a connection per thread (WAL,
   ``synchronous=FULL``, a busy timeout), one autocommitted ``INSERT`` per write.
