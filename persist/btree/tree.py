@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from itertools import chain
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 from ..errors import IntegrityError
 from .cache import NodeCache, NodeReader
@@ -26,7 +26,6 @@ from .nodestore import NodeId, NodeStore
 
 __all__ = ["Tree"]
 
-_BLOB_REF = BlobRef
 #: Part of one leaf in a range: its keys and values, and the indexes ``[lo, hi)``.
 _Span: TypeAlias = tuple[tuple[bytes, ...], tuple[Value, ...], int, int]
 
@@ -130,34 +129,26 @@ class Tree:
         generator that loads each blob when its entry is reached.
         """
         for keys, values, lo, hi in self._spans(start, stop, reverse):
-            if _BLOB_REF in set(map(type, values)):
+            if BlobRef in set(map(type, values)):
                 run = range(lo, hi) if not reverse else range(hi - 1, lo - 1, -1)
                 yield self._resolved(keys, values, run)
-            # No blob reference in this leaf: its values are the bytes to yield.
-            elif lo == 0 and hi == len(keys):  # a whole leaf: no slices to copy
+                continue
+            data = cast("tuple[bytes, ...]", values)  # no blob reference: the values are bytes
+            if lo == 0 and hi == len(keys):  # a whole leaf: no slices to copy
                 if reverse:
-                    yield zip(reversed(keys), reversed(values), strict=True)  # type: ignore[arg-type]
+                    yield zip(reversed(keys), reversed(data), strict=True)
                 else:
-                    yield zip(keys, values, strict=True)  # type: ignore[arg-type]
+                    yield zip(keys, data, strict=True)
             elif reverse:
-                yield zip(keys[lo:hi][::-1], values[lo:hi][::-1], strict=True)  # type: ignore[arg-type]
+                yield zip(keys[lo:hi][::-1], data[lo:hi][::-1], strict=True)
             else:
-                yield zip(keys[lo:hi], values[lo:hi], strict=True)  # type: ignore[arg-type]
+                yield zip(keys[lo:hi], data[lo:hi], strict=True)
 
     def _resolved(
         self, keys: tuple[bytes, ...], values: tuple[Value, ...], run: range
     ) -> Iterator[tuple[bytes, bytes]]:
         for i in run:
             yield keys[i], self._value(values[i])
-
-    def _entries(
-        self, start: bytes | None, stop: bytes | None, reverse: bool
-    ) -> Iterator[tuple[bytes, Value]]:
-        """Yield ``(key, stored value)`` pairs without loading blobs."""
-        for keys, values, lo, hi in self._spans(start, stop, reverse):
-            run = range(lo, hi) if not reverse else range(hi - 1, lo - 1, -1)
-            for i in run:
-                yield keys[i], values[i]
 
     def _spans(self, start: bytes | None, stop: bytes | None, reverse: bool) -> Iterator[_Span]:
         """Yield ``(keys, values, lo, hi)``: the part ``[lo, hi)`` of each leaf in range.
