@@ -24,7 +24,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 
-from ..btree import DELETE, NodeCache, NodeId, Tree, TreeUpdate, apply_batch
+from ..btree import NodeCache, NodeId, Tree, TreeUpdate, apply_batch
 from ..btree.nodestore import NODE_ID_SIZE
 from ..ebs import EncryptedStore, Table, WriteBatch
 from ..ebs.survey import survey
@@ -256,9 +256,8 @@ class TreeWaveStore:
         for name, tab in pending.items():
             old = trees.get(name)
             ns = self._store(name, empty=old is None or old.root is None)
-            sorted_changes = [(k, DELETE if v is None else v) for k, v in sorted(tab.items())]
             root, update = apply_batch(
-                ns, old.root if old is not None else None, sorted_changes, cache=self.cache
+                ns, old.root if old is not None else None, tab, cache=self.cache
             )
             ns.add_to_batch(batch, update)
             updates.append((ns, update))

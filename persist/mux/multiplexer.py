@@ -183,9 +183,10 @@ class Multiplexer:
         with self._cond:
             wave = self._target_wave(blk)
             first = wave.empty
+            over = self._over_cap(wave)  # within an open block a wave grows past its cap
             for key, value in items:
                 wave.record(table, key, value, self.config.max_delay)
-            if first or self._over_cap(wave):
+            if first or (not over and self._over_cap(wave)):
                 self._cond.notify_all()
 
     def _target_wave(self, blk: _Block | None) -> Wave:
