@@ -35,7 +35,7 @@ import apsw
 import plyvel
 
 import persist
-from persist.mux import Multiplexer
+from persist.mux import Metrics, Multiplexer
 
 from .peers import RAW_KEY, SQL_SCHEMA
 from .workload import KEY_SIZE, SEED, VALUE_SIZE
@@ -57,6 +57,15 @@ class Writers(ABC):
     def close(self) -> dict[str, Any]:
         """Close; return facts worth reporting (waves, conflicts...)."""
         return {}
+
+
+def _wave_facts(m: Metrics) -> dict[str, Any]:
+    """What the report reads of a multiplexer's metrics."""
+    return {
+        "waves": m.waves_committed,
+        "writes_per_wave": m.writes_per_wave,
+        "mean_commit_seconds": m.mean_commit_seconds,
+    }
 
 
 class PersistWriters(Writers):
@@ -83,11 +92,7 @@ class PersistWriters(Writers):
     def close(self) -> dict[str, Any]:
         m = self.db.metrics()
         self.db.close()
-        return {
-            "waves": m.waves_committed,
-            "writes_per_wave": m.writes_per_wave,
-            "mean_commit_seconds": m.mean_commit_seconds,
-        }
+        return _wave_facts(m)
 
 
 class _SyncOnlyStore:
@@ -136,11 +141,7 @@ class MuxOnlyWriters(Writers):
     def close(self) -> dict[str, Any]:
         m = self.mux.metrics()
         self.mux.close()
-        return {
-            "waves": m.waves_committed,
-            "writes_per_wave": m.writes_per_wave,
-            "mean_commit_seconds": m.mean_commit_seconds,
-        }
+        return _wave_facts(m)
 
 
 class ApswWriters(Writers):
