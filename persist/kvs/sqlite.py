@@ -1,9 +1,18 @@
 """The SQLite backend through apsw: the embedded default.
 
-Layout: one ``WITHOUT ROWID`` table ``kv(k BLOB PRIMARY KEY, v BLOB)``; BLOB
-comparison is ``memcmp``, which is the contract's unsigned byte order.  The
-file is marked with ``PRAGMA application_id`` so that an unrelated SQLite
-database is refused rather than written into.
+Layout: one table ``kv(k BLOB PRIMARY KEY, v BLOB)``; BLOB comparison is
+``memcmp``, which is the contract's unsigned byte order.  The file is marked
+with ``PRAGMA application_id`` so that an unrelated SQLite database is refused
+rather than written into.
+
+The table is an ordinary rowid table with ``k`` in SQLite's automatic unique
+index, not a ``WITHOUT ROWID`` table: rows of the ebs are mostly tree nodes of
+2-4 KiB, and a ``WITHOUT ROWID`` table (an index b-tree) keeps at most about
+a quarter of a page of a row in its page, so every node would spill into an
+overflow chain that each read follows and each write allocates.  A rowid
+table keeps a node whole in one page; the index holds only the 32-byte keys.
+Stores created with the earlier ``WITHOUT ROWID`` layout open and work as
+before (every statement here reads the same on both); docs/format.md.
 
 Concurrency: WAL journal mode.  One write connection, serialized by a lock,
 and a pool of read connections, so that readers never queue behind a commit
@@ -48,7 +57,7 @@ __all__ = ["APPLICATION_ID", "SQLiteStore"]
 #: ``PRAGMA application_id`` of a persist store: ASCII "prst" (docs/format.md).
 APPLICATION_ID = 0x70727374
 
-_SCHEMA = "CREATE TABLE kv (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL) WITHOUT ROWID"
+_SCHEMA = "CREATE TABLE kv (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL)"
 _BUSY_TIMEOUT_MS = 10_000
 
 

@@ -113,7 +113,28 @@ def test_sqlite_file_layout(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA application_id").fetchall()[0][0] == APPLICATION_ID
     assert conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
     sql = conn.execute("SELECT sql FROM sqlite_schema WHERE name='kv'").fetchall()[0][0]
-    assert "WITHOUT ROWID" in sql
+    assert "WITHOUT ROWID" not in sql  # a rowid table: nodes of 2-4 KiB stay in one page
+    assert conn.execute("SELECT rowid, k FROM kv").fetchall() == [(1, b"k")]
+    conn.close()
+
+
+def test_sqlite_store_of_the_earlier_layout_still_works(tmp_path: Path) -> None:
+    """Stores created with the ``WITHOUT ROWID`` table open, read and write as before."""
+    f = tmp_path / "old.db"
+    conn = apsw.Connection(str(f))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE kv (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL) WITHOUT ROWID")
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute("INSERT INTO kv VALUES (?, ?)", (b"a", b"1"))
+    conn.close()
+    with open_store(str(f)) as s:
+        assert s.get(b"a") == b"1"
+        s.write({b"b": b"2", b"a": b"3"}, [b"zz"])
+        s.write({}, [b"b"])
+        assert list(s.scan()) == [(b"a", b"3")]
+    conn = apsw.Connection(str(f))
+    sql = conn.execute("SELECT sql FROM sqlite_schema WHERE name='kv'").fetchall()[0][0]
+    assert "WITHOUT ROWID" in sql  # opening never converts a store
     conn.close()
 
 
