@@ -22,8 +22,9 @@ table, and the segments are deleted, in the same atomic batch.
    swapped is an IntegrityError; the root's coverage digest of the table
    covers the rows as well (verify).
 3. A commit writes one new row and the root, whatever the size of the log;
-   the bounds (keys and bytes of segments) only cap the memory of the log,
-   the time to read it on open, and the work of a fold.
+   the bounds (:class:`LogLimits`: keys and bytes of segments, and the tree
+   nodes a fold would rewrite) only cap the memory of the log, the time to
+   read it on open, and the work of a fold.
 4. Deletes of keys the tree does not hold stay in the log until the fold,
    where they are no-ops.
 
@@ -37,6 +38,7 @@ entry per (table, key) in a segment.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
@@ -45,7 +47,14 @@ from dataclasses import dataclass
 from ..errors import IntegrityError
 from ..mux import merge_pending
 
-__all__ = ["LOG_DESCRIPTOR", "LogLimits", "RootLog", "decode_segment", "encode_segment"]
+__all__ = [
+    "LOG_DESCRIPTOR",
+    "LogLimits",
+    "RootLog",
+    "decode_segment",
+    "encode_segment",
+    "fold_estimate",
+]
 
 #: The catalog entry and the ebs table of the log.
 LOG_DESCRIPTOR = "log"
@@ -68,17 +77,43 @@ Changes = Mapping[str, Mapping[bytes, bytes | None]]
 class LogLimits:
     """How much the root log holds before a commit folds it into the trees.
 
+    A commit folds when the log plus its wave would pass ``max_entries`` keys
+    or ``max_bytes`` of segments (what the log may cost in memory and in
+    reading on open), or when the fold would rewrite about ``fold_nodes``
+    tree nodes (:func:`fold_estimate`: what one fold may cost the commit
+    that does it).  While a tree is small, the log's keys share its leaves
+    and a fold rewrites the tree once for many keys, so the log grows to
+    ``max_entries``; in a large tree each logged key costs about one leaf and
+    the fold comes after about ``fold_nodes`` keys.
+
     ``LogLimits(0, 0)`` turns the log off: every wave goes to the trees.
     """
 
     #: Most keys the log holds.
-    max_entries: int = 2048
+    max_entries: int = 8192
     #: Most bytes of segments (per change: table name, key and value, plus 8 bytes).
-    max_bytes: int = 512 * 1024
+    max_bytes: int = 2 * 1024 * 1024
+    #: Tree nodes a fold may rewrite (estimated); the log folds once it would reach this.
+    fold_nodes: int = 2048
 
     def __post_init__(self) -> None:
-        if self.max_entries < 0 or self.max_bytes < 0:
+        if self.max_entries < 0 or self.max_bytes < 0 or self.fold_nodes < 0:
             raise ValueError("log limits are not negative (0 turns the log off)")
+
+
+#: Entries of a leaf on average (three quarters full), for :func:`fold_estimate`.
+_LEAF_FILL = 24
+
+
+def fold_estimate(keys: int, entries: int) -> float:
+    """About how many nodes a fold of ``keys`` logged keys into a tree of ``entries``
+    rewrites: the leaves they fall into, if spread evenly over the tree's
+    ``entries / 24`` leaves (a balls-into-bins expectation), plus new leaves
+    for the keys themselves (an upper bound: a logged key may replace one).
+    Interior nodes add about a sixteenth and are not counted.
+    """
+    leaves = max(entries / _LEAF_FILL, 1.0)
+    return leaves * -math.expm1(-keys / leaves) + keys / _LEAF_FILL
 
 
 def segment_key(generation: int, index: int) -> bytes:
@@ -137,7 +172,8 @@ class RootLog:
 
     Its changes are kept in two layers, ``recent`` over ``base`` (table ->
     key -> value, ``None``: deleted), so that a commit copies the small
-    recent layer and only every :data:`_RECENT_MAX` keys the whole log.
+    recent layer and the whole log only when the recent layer outgrows an
+    eighth of it (and at least :data:`_RECENT_MAX` keys).
     """
 
     __slots__ = (
@@ -245,7 +281,10 @@ class RootLog:
         for table, tab in changes.items():
             if tab:
                 recent[table] = {**recent.get(table, {}), **tab}
-        if sum(map(len, recent.values())) > _RECENT_MAX:
+        # The base is copied when the recent layer outgrows an eighth of it,
+        # so a commit copies O(its own keys) on average, however large the log.
+        base_keys = sum(map(len, base.values()))
+        if sum(map(len, recent.values())) > max(_RECENT_MAX, base_keys >> 3):
             base = dict(base)
             for table, tab in recent.items():
                 base[table] = {**base.get(table, {}), **tab}
@@ -263,6 +302,10 @@ class RootLog:
     def folded(self) -> RootLog:
         """The empty log of the next generation (after a fold)."""
         return RootLog(generation=self.generation + 1)
+
+    def table_bound(self, table: str) -> int:
+        """At least the number of keys of ``table`` in the log."""
+        return len(self.base.get(table, ())) + len(self.recent.get(table, ()))
 
     def fits(self, changes: Changes, limits: LogLimits) -> bool:
         """Whether this log plus ``changes`` stays within ``limits`` (an upper bound)."""

@@ -29,7 +29,7 @@ from ..btree.nodestore import NODE_ID_SIZE
 from ..ebs import EncryptedStore, Table, WriteBatch
 from ..ebs.survey import survey
 from ..errors import IntegrityError, PersistError
-from .rootlog import LOG_DESCRIPTOR, LogLimits, RootLog
+from .rootlog import LOG_DESCRIPTOR, LogLimits, RootLog, fold_estimate
 
 __all__ = ["COUNT_PREFIX", "TABLE_PREFIX", "EbsNodeStore", "LogLimits", "TreeWaveStore"]
 
@@ -155,12 +155,23 @@ class EbsNodeStore:
 class _State:
     """One committed state: the trees and the root log over them (immutable)."""
 
-    __slots__ = ("_deltas", "log", "trees")
+    __slots__ = ("_deltas", "_tree_counts", "log", "trees")
 
-    def __init__(self, trees: dict[str, Tree], log: RootLog) -> None:
+    def __init__(
+        self, trees: dict[str, Tree], log: RootLog, tree_counts: dict[str, int] | None = None
+    ) -> None:
         self.trees = trees
         self.log = log
         self._deltas: dict[str, int] = {}
+        self._tree_counts: dict[str, int] = {} if tree_counts is None else tree_counts
+
+    def tree_count(self, table: str) -> int:
+        """Entries of the committed tree of ``table``, without the log (memoized)."""
+        n = self._tree_counts.get(table)
+        if n is None:
+            tree = self.trees.get(table)
+            n = self._tree_counts[table] = 0 if tree is None else tree.count()
+        return n
 
     def count(self, table: str) -> int:
         tree = self.trees.get(table)
@@ -223,10 +234,19 @@ class TreeWaveStore:
 
     def commit_wave(self, number: int, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> None:
         state = self._state
-        if state.log.fits(changes, self.log_limits):
+        if state.log.fits(changes, self.log_limits) and not self._fold_due(state, changes):
             self._commit_to_log(state, changes)
         else:
             self._fold(state, changes)
+
+    def _fold_due(self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> bool:
+        """Whether folding the log with ``changes`` would rewrite ``fold_nodes`` nodes."""
+        log = state.log
+        estimate = 0.0
+        for name in {*log.base, *log.recent, *changes}:
+            keys = log.table_bound(name) + len(changes.get(name, ()))
+            estimate += fold_estimate(keys, state.tree_count(name))
+        return estimate >= self.log_limits.fold_nodes
 
     def _commit_to_log(
         self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]
@@ -242,7 +262,8 @@ class TreeWaveStore:
         batch = self.ebs.batch()
         batch.put_row(self._log_table, key, segment, new=True)  # a fresh key per segment
         self.ebs.commit(batch, self._catalog(trees, log))
-        self._state = _State(trees, log)  # publish: one reference swap
+        # publish: one reference swap (the trees did not change: keep their counts)
+        self._state = _State(trees, log, state._tree_counts)
 
     def _fold(self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> None:
         """Apply the root log and ``changes`` to the trees; empty the log."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import persist
-from persist.db.rootlog import LOG_DESCRIPTOR, LogLimits, RootLog, decode_segment, encode_segment
+from persist.db.rootlog import (
+    LOG_DESCRIPTOR,
+    LogLimits,
+    RootLog,
+    decode_segment,
+    encode_segment,
+    fold_estimate,
+)
 from persist.db.treestore import TreeWaveStore
 from persist.ebs import EncryptedStore, KdfParams
 from persist.errors import IntegrityError
@@ -144,6 +152,65 @@ def test_a_large_value_goes_to_the_trees_at_once() -> None:
     assert trees.get("t", b"big") == b"B" * 5000 and trees.get("t", b"small") == b"x"
 
 
+def _logged_until_fold(trees: TreeWaveStore, rnd: random.Random, per_wave: int) -> int:
+    """Commit waves of fresh random keys until one folds; the keys logged before it."""
+    number = 100
+    while True:
+        before = len(trees.log)
+        number += 1
+        trees.commit_wave(number, {"t": {rnd.randbytes(8): b"new" for _ in range(per_wave)}})
+        if len(trees.log) == 0:
+            return before
+
+
+def test_a_fold_comes_when_it_would_rewrite_about_fold_nodes_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a large tree each logged key costs about a leaf: the log folds after
+    about ``fold_nodes`` keys, well before ``max_entries``, and that fold
+    writes about ``fold_nodes`` nodes."""
+    kvs, trees = _trees(LogLimits(max_entries=1000, max_bytes=1 << 20, fold_nodes=50))
+    rnd = random.Random(7)
+    trees.commit_wave(1, {"t": {rnd.randbytes(8): b"tree" for _ in range(6000)}})
+    assert len(trees.log) == 0  # 6000 keys pass max_entries: straight to the tree
+    written: list[int] = []
+    real = kvs.write
+
+    def spy(puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
+        written.append(len(puts))
+        real(puts, deletes)
+
+    monkeypatch.setattr(kvs, "write", spy)
+    logged = _logged_until_fold(trees, rnd, per_wave=1)
+    assert 30 <= logged <= 80, logged
+    assert fold_estimate(logged + 1, 6000) >= 50  # the rule that fired
+    assert fold_estimate(logged, 6000) < 50  # ... and not one commit earlier
+    # Rows of the fold: its nodes and the root.  A leaf of a bulk load is full,
+    # so the first key into it splits it in two: up to twice the estimate.
+    assert 25 <= written[-1] <= 2.5 * 50
+    assert trees.count("t") == 6000 + logged + 1
+
+
+def test_a_small_tree_lets_the_log_grow_to_max_entries() -> None:
+    """While the tree is small, a fold rewrites it once for many keys: no early fold."""
+    _, trees = _trees(LogLimits(max_entries=1000, max_bytes=1 << 20, fold_nodes=50))
+    rnd = random.Random(8)
+    trees.commit_wave(1, {"t": {rnd.randbytes(8): b"tree" for _ in range(100)}})
+    assert len(trees.log) == 100  # fits, and a fold of it would rewrite about 5 nodes
+    assert _logged_until_fold(trees, rnd, per_wave=10) == 1000  # full: max_entries
+    assert trees.count("t") == 1000 + 10
+
+
+def test_fold_estimate() -> None:
+    assert fold_estimate(0, 10**6) == 0
+    # a large tree: about a leaf per key (plus new leaves for the keys)
+    assert 1000 < fold_estimate(1000, 10**7) < 1000 * (1 + 1 / 24) + 1
+    # a small tree: at most all of its leaves, plus new ones
+    assert fold_estimate(10**5, 2400) < 100 + 10**5 / 24 + 1
+    with pytest.raises(ValueError):
+        LogLimits(10, 10, fold_nodes=-1)
+
+
 def test_zero_limits_turn_the_log_off() -> None:
     _, trees = _trees(LogLimits(0, 0))
     trees.commit_wave(1, {"t": {b"k": b"v"}})
@@ -232,7 +299,7 @@ def test_a_master_key_rotation_keeps_the_log(tmp_path: Path) -> None:
     from persist.db.rekey import TreesRekeyer
 
     location = str(tmp_path / "db.sqlite")
-    db = persist.open(location, "pw", **WEAK)  # type: ignore[arg-type]
+    db = persist.open(location, "pw", root_log=persist.LogLimits(2048), **WEAK)  # type: ignore[arg-type]
     t = db.table("t")
     t.update({i: "tree" for i in range(3000)})  # one wave: folded into the tree
     db.commit_wait()
