@@ -46,6 +46,16 @@ durable batch.  Numbered rules (docs/design.md repeats them):
 9. **Hooks.** Pre-commit hooks run on the persistence thread before a wave is
    sealed and their writes go into that wave.  Post-commit hooks run after the
    wave is durable; an exception in one is logged and ignored.
+10. **Exit.** ``close()`` commits what is pending and joins the persistence
+    thread (a daemon: a hard exit loses only the waves not yet committed).
+11. **Wake-ups.** A done wave's waiting threads wake one at a time, newest
+    first: the persistence thread releases one, and each woken thread
+    releases the next before it returns (the baton).  So the persistence
+    thread makes one wake-up call per wave, and the waiters do not all
+    compete with it for the GIL while it commits the next wave.  A chain
+    that stalls (a waiter interrupted between the two steps) is finished by
+    the persistence thread once it has not moved for ``_CHAIN_STALL``
+    seconds.  A failed wave wakes all its waiters at once.
 """
 
 from __future__ import annotations
@@ -66,6 +76,11 @@ from .wave import Wave, WaveState, WaveStore, merge_pending
 __all__ = ["AtomicBlock", "Metrics", "Multiplexer", "MuxConfig"]
 
 log = logging.getLogger("persist.mux")
+
+#: Seconds a chain of wake-ups may stand still before the persistence thread
+#: wakes the rest of its waiters at once (rule 11).  Well above the GIL's
+#: switch interval (5 ms), which a woken thread may wait to run at all.
+_CHAIN_STALL = 0.05
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,9 @@ class Multiplexer:
         # took, and how many waiters were active around it.
         self._last_end = 0.0
         self._expected_waiters = 1
+        # Done waves whose waiters are still being woken one by one (rule 11);
+        # used by the persistence thread alone.
+        self._chains: deque[Wave] = deque()
         self._thread = threading.Thread(target=self._run, name=f"{name}-persistence", daemon=True)
         self._thread.start()
 
@@ -290,8 +308,17 @@ class Multiplexer:
         wave = self._request_wait(waker)
         if wave is None:
             return
-        if not waker.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError("the commit did not finish in time")
+        try:
+            woken = waker.acquire(timeout=-1 if timeout is None else timeout)
+        except BaseException:  # interrupted: leave the chain of wake-ups intact
+            if not wave.cancel_waker(waker):
+                wave.wake_next()  # our turn had come: pass it on
+            raise
+        if not woken:
+            if wave.cancel_waker(waker):
+                raise TimeoutError("the commit did not finish in time")
+            waker.acquire()  # taken for release the instant before: the wave is done
+        wave.wake_next()  # rule 11: the baton to the next waiter
         if wave.failure is not None:
             raise CommitFailed(str(wave.failure)) from wave.failure.__cause__  # one per waiter
 
@@ -318,7 +345,7 @@ class Multiplexer:
                 return None
             target.waiters += 1
             if waker is not None:
-                target.wakers.append(waker)
+                target.add_waker(waker)
             # Wake the persistence thread only when the sealing rule (rule 4)
             # may have changed for it: the first waiter starts the pacing
             # clock, the expected number of waiters seals at once.  Waking it
@@ -444,6 +471,8 @@ class Multiplexer:
                 if self._poison is not None:
                     return None
                 now = time.monotonic()
+                if self._chains:
+                    self._watch_chains(now)
                 newest = self._waves[-1]
                 paced_until = self._last_end + self._commit_last
                 waited = bool(newest.waiters) and len(self._waves) == 1
@@ -458,6 +487,7 @@ class Multiplexer:
                 if oldest.state is WaveState.CLOSING and oldest.open_blocks == 0:
                     return oldest
                 if self._closing and len(self._waves) == 1 and oldest.open_blocks == 0:
+                    self._finish_chains()
                     return None
                 timeout = None
                 if newest.state is WaveState.OPEN and not newest.empty:
@@ -466,7 +496,25 @@ class Multiplexer:
                         wake.append(paced_until)
                     if wake:
                         timeout = max(min(wake) - now, 0.0)
+                if self._chains:
+                    timeout = _CHAIN_STALL if timeout is None else min(timeout, _CHAIN_STALL)
                 self._cond.wait(timeout)
+
+    def _watch_chains(self, now: float) -> None:
+        """Drop finished chains of wake-ups; finish those that stalled (rule 11)."""
+        for wave in list(self._chains):
+            if not wave.wakers:
+                self._chains.remove(wave)
+            elif wave.chain_seen is None or wave.chain_seen[0] != wave.woken:
+                wave.chain_seen = (wave.woken, now)
+            elif now - wave.chain_seen[1] >= _CHAIN_STALL:
+                wave.wake_all()
+                self._chains.remove(wave)
+
+    def _finish_chains(self) -> None:
+        """Wake every waiter still waiting for a done wave (closing, failure)."""
+        while self._chains:
+            self._chains.popleft().wake_all()
 
     def _run_pre_hooks(self, wave: Wave) -> None:
         if not self._pre_hooks:
@@ -498,8 +546,11 @@ class Multiplexer:
             self._commit_max = max(self._commit_max, elapsed)
             self._cond.notify_all()
         wave.future.set_result(None)
-        for waker in wave.wakers:  # no waker joins a wave that left the queue
-            waker.release()
+        # Rule 10: wake the first waiter; it wakes the next.  No waker joins a
+        # wave that left the queue, so the chain's length is fixed now.
+        wave.wake_next()
+        if wave.wakers:
+            self._chains.append(wave)
         for hook in self._post_hooks:
             try:
                 hook(wave.number)
@@ -522,8 +573,8 @@ class Multiplexer:
         for wave in failed:
             wave.failure = error
             wave.future.set_exception(error)
-            for waker in wave.wakers:
-                waker.release()
+            wave.wake_all()
+        self._finish_chains()
 
 
 class AtomicBlock:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from typing import Protocol
@@ -36,7 +37,9 @@ class Wave:
     """One commit wave.  Mutated only under the multiplexer's lock until SEALED."""
 
     __slots__ = (
+        "_wake_lock",
         "bytes",
+        "chain_seen",
         "changes",
         "deadline",
         "failure",
@@ -47,6 +50,7 @@ class Wave:
         "state",
         "waiters",
         "wakers",
+        "woken",
         "writes",
     )
 
@@ -61,8 +65,13 @@ class Wave:
         self.first_write: float | None = None
         self.deadline: float | None = None
         self.future: Future[None] = Future()  # for asyncio waiters
-        #: locks of waiting threads, released when the wave is done
-        self.wakers: list[threading.Lock] = []
+        #: locks of waiting threads, released one by one when the wave is
+        #: done: the baton (see :meth:`wake_next`)
+        self.wakers: deque[threading.Lock] = deque()
+        self._wake_lock = threading.Lock()
+        #: wakers released so far, and the persistence thread's last look at it
+        self.woken = 0
+        self.chain_seen: tuple[int, float] | None = None
         #: set when the wave failed, before its wakers are released
         self.failure: BaseException | None = None
 
@@ -81,6 +90,48 @@ class Wave:
     @property
     def empty(self) -> bool:
         return self.writes == 0
+
+    # -- waking the waiting threads (multiplexer rule 11) --------------------------
+
+    def add_waker(self, waker: threading.Lock) -> None:
+        """``waker`` (held by its thread) is released when the wave is done."""
+        with self._wake_lock:
+            self.wakers.append(waker)
+
+    def wake_next(self) -> None:
+        """Release the newest waker not yet released (no-op when none is left).
+
+        The persistence thread wakes one waiter of a done wave, and each woken
+        waiter wakes the next one: waiters wake one at a time instead of all
+        becoming runnable at once and fighting the persistence thread for the
+        GIL while it commits the next wave.  Newest first: the thread that
+        blocked last is the warmest to resume (measured: about a third more
+        writes/s at T=64 than oldest first); a whole chain takes about a
+        millisecond, so the order is not a fairness matter.
+        """
+        with self._wake_lock:
+            if not self.wakers:
+                return
+            waker = self.wakers.pop()
+            self.woken += 1
+        waker.release()
+
+    def wake_all(self) -> None:
+        """Release every waker not yet released (failure, closing, a stalled chain)."""
+        with self._wake_lock:
+            wakers, self.wakers = self.wakers, deque()
+            self.woken += len(wakers)
+        for waker in wakers:
+            waker.release()
+
+    def cancel_waker(self, waker: threading.Lock) -> bool:
+        """Withdraw ``waker``; False when it was already taken to be released."""
+        with self._wake_lock:
+            try:
+                self.wakers.remove(waker)
+            except ValueError:
+                return False
+            return True
 
     def lookup(self, table: str, key: bytes) -> tuple[bool, bytes | None]:
         """``(found, value)``: whether this wave changed ``key``, and to what."""

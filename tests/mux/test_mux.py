@@ -464,3 +464,149 @@ def test_scan_merges_waves_over_committed_state(
 
 def _items(it: Iterator[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return list(it)
+
+
+class Gated(RecordingStore):
+    """A store whose commits wait for ``gate`` (set it to let them through)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def commit_wave(self, number: int, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> None:
+        self.entered.set()
+        assert self.gate.wait(10), "the test forgot to open the gate"
+        super().commit_wave(number, changes)
+
+
+def _waiters(mux: Multiplexer, n: int) -> tuple[list[threading.Thread], list[BaseException | None]]:
+    """``n`` threads in commit_wait; each records None or what it raised."""
+    results: list[BaseException | None] = []
+
+    def wait() -> None:
+        try:
+            mux.commit_wait()
+            results.append(None)
+        except BaseException as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=wait) for _ in range(n)]
+    for th in threads:
+        th.start()
+    return threads, results
+
+
+def _join_all(threads: list[threading.Thread], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    for th in threads:
+        th.join(max(deadline - time.monotonic(), 0))
+    assert not any(th.is_alive() for th in threads), "a waiter was never woken"
+
+
+def test_every_waiter_of_a_wave_wakes_one_after_another() -> None:
+    """Rule 11: the chain of wake-ups reaches all waiters; each wakes once."""
+    store = Gated()
+    mux = make(store)
+    mux.put("t", b"k", b"v")
+    threads, results = _waiters(mux, 50)
+    assert store.entered.wait(5)
+    time.sleep(0.05)  # let all 50 join the wave being committed
+    store.gate.set()
+    _join_all(threads)
+    assert results == [None] * 50
+    assert len(store.waves) == 1
+    mux.close()
+
+
+def test_commit_wait_timeout_raises_and_leaves_the_others_waiting() -> None:
+    store = Gated()
+    mux = make(store)
+    mux.put("t", b"k", b"v")
+    threads, results = _waiters(mux, 8)
+    assert store.entered.wait(5)
+    t = time.monotonic()
+    with pytest.raises(TimeoutError):
+        mux.commit_wait(timeout=0.05)
+    assert time.monotonic() - t < 5
+    store.gate.set()  # the timed-out waiter is out of the chain: the 8 still wake
+    _join_all(threads)
+    assert results == [None] * 8
+    mux.put("t", b"k2", b"v")
+    mux.commit_wait(timeout=5)  # a timeout that is not reached returns normally
+    assert store.get("t", b"k2") == b"v"
+    mux.close()
+
+
+def test_timeouts_racing_the_wake_ups_never_strand_a_waiter() -> None:
+    """Waiters with tiny timeouts, some expiring just as their turn comes."""
+    rec = RecordingStore(delay=0.001)
+    mux = make(rec)
+    stop = time.monotonic() + 1.0
+    outcomes = {"ok": 0, "timeout": 0}
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        n = 0
+        while time.monotonic() < stop:
+            mux.put("t", b"%d-%d" % (i, n), b"v")
+            try:
+                mux.commit_wait(timeout=(None, 0.0005, 0.001, 0.002)[(i + n) % 4])
+                kind = "ok"
+            except TimeoutError:
+                kind = "timeout"
+            with lock:
+                outcomes[kind] += 1
+            n += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for th in threads:
+        th.start()
+    _join_all(threads, within=30)
+    mux.commit_wait()
+    assert outcomes["ok"] > 0
+    assert mux.metrics().writes_committed == sum(outcomes.values())
+    mux.close()
+
+
+def test_a_stalled_chain_of_wake_ups_is_finished_by_the_persistence_thread() -> None:
+    """A waiter that never passes the baton on (rule 11) strands nobody."""
+    store = Gated()
+    mux = make(store)
+    mux.put("t", b"k", b"v")
+    dead = threading.Lock()
+    dead.acquire()
+    wave = mux._request_wait(dead)  # a waiter that will never wake the next one
+    assert wave is not None
+    threads, results = _waiters(mux, 5)
+    assert store.entered.wait(5)
+    time.sleep(0.05)
+    # Make the dead waker the first one released (newest first: it goes last).
+    wave.cancel_waker(dead)
+    wave.add_waker(dead)
+    store.gate.set()
+    _join_all(threads)
+    assert results == [None] * 5
+    mux.close()
+
+
+def test_an_interrupted_waiter_passes_its_turn_on() -> None:
+    """Ctrl-C in a waiting main thread: it raises, and the other waiters still wake."""
+    import signal
+
+    store = Gated()
+    mux = make(store)
+    mux.put("t", b"k", b"v")
+    threads, results = _waiters(mux, 5)
+    assert store.entered.wait(5)
+    main = threading.main_thread().ident
+    assert main == threading.get_ident()
+    killer = threading.Timer(0.1, signal.pthread_kill, (main, signal.SIGINT))
+    killer.start()
+    with pytest.raises(KeyboardInterrupt):
+        mux.commit_wait()
+    killer.join()
+    store.gate.set()
+    _join_all(threads)
+    assert results == [None] * 5
+    mux.close()
