@@ -58,7 +58,6 @@ from .node import (
     Leaf,
     Node,
     Value,
-    decode_node,
     encode_blob,
     encode_internal,
     encode_leaf,
@@ -380,11 +379,13 @@ class _Batch:
             nid = self.store.node_id(data)
             ledger.adopt(nid, data, blobs)
             if self.reader.cache is not None:  # write-through: the new tree is the hot one
-                # Decoded afresh rather than built from the piece: the piece's keys
-                # and values were allocated write by write, scattered over the heap,
-                # while a decoded leaf's lie together, which makes scans of the
-                # cached leaf about twice as fast (fewer cache misses per entry).
-                self.reader.cache.put(nid, decode_node(data))
+                # Cached as bytes, decoded when first read, rather than built from
+                # the piece: the piece's keys and values were allocated write by
+                # write, scattered over the heap, while a decoded leaf's lie
+                # together, which makes scans of the cached leaf about twice as
+                # fast; and a leaf nobody reads before the next fold replaces it
+                # (most of them, under random writes) is never decoded at all.
+                self.reader.cache.put_encoded(nid, data)
             return item.keys[0], nid, len(item.keys)
         refs = [self.materialize(kid) for kid in item.kids]
         keys = [r[0] for r in refs]

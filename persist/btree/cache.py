@@ -8,6 +8,12 @@ with negligible probability.
 
 Decoded nodes are tuples throughout; callers must never mutate them (they are
 shared between threads).
+
+A writer may also put a node's canonical bytes (:meth:`NodeCache.put_encoded`):
+they are decoded on the first ``get`` and replaced by the decoded node.  A
+commit that writes thousands of nodes thus pays no decoding for those nobody
+reads before they are replaced, and a node that is read is decoded once into
+freshly allocated objects that lie together in memory.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ class NodeCache:
         if max_nodes < 1:
             raise ValueError("a NodeCache holds at least one node")
         self.max_nodes = max_nodes
-        self._nodes: OrderedDict[NodeId, Node] = OrderedDict()
+        self._nodes: OrderedDict[NodeId, Node | bytes] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -47,12 +53,28 @@ class NodeCache:
                 return None
             self._nodes.move_to_end(nid)
             self.hits += 1
-            return node
+        if isinstance(node, bytes):  # put_encoded: decode once, outside the lock
+            decoded = decode_node(node)
+            with self._lock:
+                if nid in self._nodes:
+                    self._nodes[nid] = decoded
+            return decoded
+        return node
 
     def put(self, nid: NodeId, node: Node) -> None:
         """Remember ``node`` under ``nid``, evicting the least recently used beyond capacity."""
+        self._put(nid, node)
+
+    def put_encoded(self, nid: NodeId, data: bytes) -> None:
+        """Remember node ``nid`` by its canonical bytes, decoded when first read.
+
+        REQUIRES: ``data`` are the bytes ``nid`` names (the writer just encoded them).
+        """
+        self._put(nid, bytes(data))
+
+    def _put(self, nid: NodeId, entry: Node | bytes) -> None:
         with self._lock:
-            self._nodes[nid] = node
+            self._nodes[nid] = entry
             self._nodes.move_to_end(nid)
             while len(self._nodes) > self.max_nodes:
                 self._nodes.popitem(last=False)

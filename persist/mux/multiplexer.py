@@ -546,7 +546,7 @@ class Multiplexer:
             self._commit_max = max(self._commit_max, elapsed)
             self._cond.notify_all()
         wave.future.set_result(None)
-        # Rule 10: wake the first waiter; it wakes the next.  No waker joins a
+        # Rule 11: wake one waiter; it wakes the next.  No waker joins a
         # wave that left the queue, so the chain's length is fixed now.
         wave.wake_next()
         if wave.wakers:

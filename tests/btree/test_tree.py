@@ -172,3 +172,18 @@ def test_cache_evicts_least_recently_used() -> None:
     assert cache.get(b) is None and cache.get(a) is node and cache.get(c) is node
     with pytest.raises(ValueError):
         NodeCache(0)
+
+
+def test_cache_decodes_encoded_nodes_once_when_first_read() -> None:
+    from persist.btree.node import decode_node, encode_leaf
+
+    cache = NodeCache(2)
+    a, b, c = (NodeId(bytes([i]) * 32) for i in (1, 2, 3))
+    data = encode_leaf([b"k1", b"k2"], [b"v1", b"v2"])
+    cache.put_encoded(a, data)
+    first = cache.get(a)
+    assert first == decode_node(data) and first is not None
+    assert cache.get(a) is first  # replaced by the decoded node: decoded once
+    cache.put_encoded(b, data)
+    cache.put_encoded(c, data)  # evicts a, the least recently used, encoded or not
+    assert cache.get(a) is None and cache.get(c) == first
