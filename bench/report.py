@@ -36,6 +36,11 @@ def _median(values: list[float]) -> float:
 # -- sections -----------------------------------------------------------------------------
 
 
+def _round_trip(machine: dict[str, Any]) -> str:
+    seconds = machine.get("round_trip_seconds")
+    return "not measured" if seconds is None else fmt_seconds(seconds)
+
+
 def header(results: dict[str, Any]) -> str:
     m, p = results["machine"], results["profile"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
@@ -73,6 +78,7 @@ values 100 random bytes, from one fixed seed.
 | machine | {m["cpu"]}, {m["cores"]} cores |
 | Python | {m["python"]} on {m["platform"]} |
 | `fdatasync` of 4 KiB | {m["fsync_seconds"] * 1e3:.3f} ms (median of 200, scratch directory) |
+| thread round trip | {_round_trip(m)} (two Python threads wake each other; median of 2,000) |
 | packages | {versions} |
 | run | {results["started"]}, {results["seconds"] / 60:.1f} minutes ({durations}) |
 """

@@ -15,6 +15,7 @@ import platform
 import random
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -173,6 +174,34 @@ def fsync_latency(directory: Path, rounds: int = 200) -> float:
     return samples[len(samples) // 2]
 
 
+def thread_round_trip(rounds: int = 2000) -> float:
+    """Median seconds for one thread to wake another and be woken back (two locks).
+
+    The least a hand-off to a persistence thread and back can cost here: a
+    lone writer's commit-wait pays it on every commit.
+    """
+    ping, pong = threading.Lock(), threading.Lock()
+    ping.acquire()
+    pong.acquire()
+
+    def other() -> None:
+        for _ in range(rounds):
+            ping.acquire()
+            pong.release()
+
+    partner = threading.Thread(target=other, name="bench-round-trip")
+    partner.start()
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        ping.release()
+        pong.acquire()
+        samples.append(time.perf_counter() - start)
+    partner.join()
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
 def revision() -> str:
     """The repository's commit, marked when persist/ has uncommitted changes (read-only git)."""
     try:
@@ -223,5 +252,6 @@ def machine_facts(scratch: Path) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "fsync_seconds": fsync_latency(scratch),
+        "round_trip_seconds": thread_round_trip(),
         "versions": versions,
     }
