@@ -601,7 +601,15 @@ def test_an_interrupted_waiter_passes_its_turn_on() -> None:
     assert store.entered.wait(5)
     main = threading.main_thread().ident
     assert main == threading.get_ident()
-    killer = threading.Timer(0.1, signal.pthread_kill, (main, signal.SIGINT))
+    wave = mux._waves[0]
+
+    def interrupt_once_main_waits() -> None:
+        deadline = time.monotonic() + 10
+        while len(wave.wakers) < 6 and time.monotonic() < deadline:  # 5 waiters and main
+            time.sleep(0.005)
+        signal.pthread_kill(main, signal.SIGINT)  # type: ignore[arg-type]
+
+    killer = threading.Thread(target=interrupt_once_main_waits)
     killer.start()
     with pytest.raises(KeyboardInterrupt):
         mux.commit_wait()
