@@ -274,9 +274,15 @@ class RootLog:
             raise IntegrityError("the root log's segments are not the ones its root names")
         return cls(tables, generation=generation, segments=segments, chain=chain, nbytes=nbytes)
 
-    def appended(self, changes: Changes) -> tuple[RootLog, bytes, bytes]:
-        """``(new log, segment key, segment)``: this log plus ``changes`` as a segment."""
-        segment = encode_segment(changes)
+    def appended(
+        self, changes: Changes, segment: bytes | None = None
+    ) -> tuple[RootLog, bytes, bytes]:
+        """``(new log, segment key, segment)``: this log plus ``changes`` as a segment.
+
+        ``segment``: ``encode_segment(changes)``, when the caller has it already.
+        """
+        if segment is None:
+            segment = encode_segment(changes)
         base, recent = self.base, dict(self.recent)
         for table, tab in changes.items():
             if tab:
@@ -307,18 +313,16 @@ class RootLog:
         """At least the number of keys of ``table`` in the log."""
         return len(self.base.get(table, ())) + len(self.recent.get(table, ()))
 
-    def fits(self, changes: Changes, limits: LogLimits) -> bool:
-        """Whether this log plus ``changes`` stays within ``limits`` (an upper bound)."""
+    def segment_within(self, changes: Changes, limits: LogLimits) -> bytes | None:
+        """The segment of ``changes`` if this log plus it stays within the key
+        and byte bounds of ``limits`` (keys: an upper bound), else None.
+
+        Keys are counted first, so a wave far too large is never encoded.
+        """
         if self.bound + sum(map(len, changes.values())) > limits.max_entries:
-            return False
-        size = self.nbytes + 1
-        for table, tab in changes.items():
-            overhead = _ENTRY.size + len(table.encode("utf-8"))
-            for key, value in tab.items():
-                size += overhead + len(key) + (0 if value is None else len(value))
-                if size > limits.max_bytes:
-                    return False
-        return True
+            return None
+        segment = encode_segment(changes)
+        return segment if self.nbytes + len(segment) <= limits.max_bytes else None
 
     # -- reading (any thread) --------------------------------------------------
 

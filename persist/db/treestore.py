@@ -234,10 +234,13 @@ class TreeWaveStore:
 
     def commit_wave(self, number: int, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> None:
         state = self._state
-        if state.log.fits(changes, self.log_limits) and not self._fold_due(state, changes):
-            self._commit_to_log(state, changes)
-        else:
+        segment = None
+        if not self._fold_due(state, changes):
+            segment = state.log.segment_within(changes, self.log_limits)
+        if segment is None:
             self._fold(state, changes)
+        else:
+            self._commit_to_log(state, changes, segment)
 
     def _fold_due(self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> bool:
         """Whether folding the log with ``changes`` would rewrite ``fold_nodes`` nodes."""
@@ -249,7 +252,7 @@ class TreeWaveStore:
         return estimate >= self.log_limits.fold_nodes
 
     def _commit_to_log(
-        self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]
+        self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]], segment: bytes
     ) -> None:
         """Commit ``changes`` as a segment of the root log: one row and the root."""
         trees = state.trees
@@ -258,7 +261,7 @@ class TreeWaveStore:
             trees = dict(trees)
             for name in new_tables:
                 trees[name] = Tree(self._store(name, empty=True), None, cache=self.cache)
-        log, key, segment = state.log.appended(changes)
+        log, key, segment = state.log.appended(changes, segment)
         batch = self.ebs.batch()
         batch.put_row(self._log_table, key, segment, new=True)  # a fresh key per segment
         self.ebs.commit(batch, self._catalog(trees, log))
