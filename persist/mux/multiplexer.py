@@ -181,9 +181,10 @@ class Multiplexer:
         # took, and how many waiters were active around it.
         self._last_end = 0.0
         self._expected_waiters = 1
-        # Done waves whose waiters are still being woken one by one (rule 11);
+        # Done waves whose waiters are still being woken one by one (rule 11),
+        # with the count of wakers released at the last look and its time;
         # used by the persistence thread alone.
-        self._chains: deque[Wave] = deque()
+        self._chains: dict[Wave, tuple[int, float] | None] = {}
         self._thread = threading.Thread(target=self._run, name=f"{name}-persistence", daemon=True)
         self._thread.start()
 
@@ -299,9 +300,9 @@ class Multiplexer:
     def commit_wait(self, timeout: float | None = None) -> None:
         """Return when every change made before the call is durable (rule 6).
 
-        A thread waits on a lock of its own that the persistence thread
-        releases once the wave is done: waking N waiters costs N lock
-        releases, not a herd that then queues for one condition's lock.
+        A thread waits on a lock of its own, released once the wave is done
+        by the persistence thread or by the waiter woken before it (rule 11);
+        it then releases the next waiter's lock.
         """
         waker = threading.Lock()
         waker.acquire()
@@ -502,19 +503,20 @@ class Multiplexer:
 
     def _watch_chains(self, now: float) -> None:
         """Drop finished chains of wake-ups; finish those that stalled (rule 11)."""
-        for wave in list(self._chains):
+        for wave, seen in list(self._chains.items()):
             if not wave.wakers:
-                self._chains.remove(wave)
-            elif wave.chain_seen is None or wave.chain_seen[0] != wave.woken:
-                wave.chain_seen = (wave.woken, now)
-            elif now - wave.chain_seen[1] >= _CHAIN_STALL:
+                del self._chains[wave]
+            elif seen is None or seen[0] != wave.woken:
+                self._chains[wave] = (wave.woken, now)
+            elif now - seen[1] >= _CHAIN_STALL:
                 wave.wake_all()
-                self._chains.remove(wave)
+                del self._chains[wave]
 
     def _finish_chains(self) -> None:
         """Wake every waiter still waiting for a done wave (closing, failure)."""
-        while self._chains:
-            self._chains.popleft().wake_all()
+        for wave in self._chains:
+            wave.wake_all()
+        self._chains.clear()
 
     def _run_pre_hooks(self, wave: Wave) -> None:
         if not self._pre_hooks:
@@ -550,7 +552,7 @@ class Multiplexer:
         # wave that left the queue, so the chain's length is fixed now.
         wave.wake_next()
         if wave.wakers:
-            self._chains.append(wave)
+            self._chains[wave] = None
         for hook in self._post_hooks:
             try:
                 hook(wave.number)

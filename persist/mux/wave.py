@@ -39,7 +39,6 @@ class Wave:
     __slots__ = (
         "_wake_lock",
         "bytes",
-        "chain_seen",
         "changes",
         "deadline",
         "failure",
@@ -69,9 +68,8 @@ class Wave:
         #: done: the baton (see :meth:`wake_next`)
         self.wakers: deque[threading.Lock] = deque()
         self._wake_lock = threading.Lock()
-        #: wakers released so far, and the persistence thread's last look at it
+        #: wakers released so far (the persistence thread watches it move)
         self.woken = 0
-        self.chain_seen: tuple[int, float] | None = None
         #: set when the wave failed, before its wakers are released
         self.failure: BaseException | None = None
 
