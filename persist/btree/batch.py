@@ -164,6 +164,7 @@ class _Batch:
         """Check the changes and turn large values into (pending) blobs."""
         keys: list[bytes]
         values: list[Value | Delete | None]
+        mapped = isinstance(changes, Mapping)  # in any order; None also deletes
         if isinstance(changes, Mapping):
             keys = sorted(changes)  # sorting bytes alone is faster than sorting pairs
             values = list(map(changes.__getitem__, keys))
@@ -180,14 +181,13 @@ class _Batch:
         if keys and max(map(len, keys)) > MAX_KEY_SIZE:
             size = max(map(len, keys))
             raise ValueError(f"tree key of {size} bytes exceeds {MAX_KEY_SIZE}")
-        if not isinstance(changes, Mapping) and not all(map(lt, keys, islice(keys, 1, None))):
+        if not mapped and not all(map(lt, keys, islice(keys, 1, None))):
             raise ValueError("batch keys must be strictly ascending")
         types = set(map(type, values))
         if not types <= _BYTES_TYPE or max(map(len, values), default=0) > INLINE_MAX:  # type: ignore[arg-type]
-            mapped = isinstance(changes, Mapping)
             values = [self._stored(value, mapped) for value in values]
         self.keys, self.values = keys, values  # type: ignore[assignment]
-        self.deletes = Delete in types or (isinstance(changes, Mapping) and type(None) in types)
+        self.deletes = Delete in types or (mapped and type(None) in types)
 
     def _stored(self, value: Value | Delete | None, mapped: bool) -> Value | Delete:
         """A change's value as the leaf will hold it (a large one becomes a pending blob).

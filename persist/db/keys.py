@@ -42,7 +42,8 @@ _BIG_LEN = 8  # byte width of the length field of big ints
 _MASK64 = (1 << 64) - 1
 
 
-_T_BYTES_HEAD = b"\x01"
+_T_BYTES_HEAD = bytes([T_BYTES])
+_T_STR_HEAD = bytes([T_STR])
 _END = b"\x00"
 _ESCAPED = b"\x00\xff"
 
@@ -51,11 +52,9 @@ def encode_key(key: object) -> bytes:
     """Encode ``key``; raise TypeError for an unsupported type (bool, float, None ...)."""
     # Fast paths for the common keys: the same bytes as _encode, without its calls.
     if type(key) is bytes:
-        return b"\x01" + key.replace(b"\x00", b"\x00\xff") + b"\x00"
+        return _T_BYTES_HEAD + key.replace(_END, _ESCAPED) + _END
     if type(key) is str:
-        return (
-            b"\x02" + key.encode("utf-8", "surrogatepass").replace(b"\x00", b"\x00\xff") + b"\x00"
-        )
+        return _T_STR_HEAD + key.encode("utf-8", "surrogatepass").replace(_END, _ESCAPED) + _END
     out = bytearray()
     _encode(key, out, 0)
     return bytes(out)
