@@ -497,6 +497,18 @@ def _waiters(mux: Multiplexer, n: int) -> tuple[list[threading.Thread], list[Bas
     return threads, results
 
 
+def _gated_wave(
+    waiters: int,
+) -> tuple[Gated, Multiplexer, list[threading.Thread], list[BaseException | None]]:
+    """A wave stuck in a gated commit, with ``waiters`` threads waiting for it."""
+    store = Gated()
+    mux = make(store)
+    mux.put("t", b"k", b"v")
+    threads, results = _waiters(mux, waiters)
+    assert store.entered.wait(5)
+    return store, mux, threads, results
+
+
 def _join_all(threads: list[threading.Thread], within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     for th in threads:
@@ -506,11 +518,7 @@ def _join_all(threads: list[threading.Thread], within: float = 10.0) -> None:
 
 def test_every_waiter_of_a_wave_wakes_one_after_another() -> None:
     """Rule 11: the chain of wake-ups reaches all waiters; each wakes once."""
-    store = Gated()
-    mux = make(store)
-    mux.put("t", b"k", b"v")
-    threads, results = _waiters(mux, 50)
-    assert store.entered.wait(5)
+    store, mux, threads, results = _gated_wave(50)
     time.sleep(0.05)  # let all 50 join the wave being committed
     store.gate.set()
     _join_all(threads)
@@ -520,11 +528,7 @@ def test_every_waiter_of_a_wave_wakes_one_after_another() -> None:
 
 
 def test_commit_wait_timeout_raises_and_leaves_the_others_waiting() -> None:
-    store = Gated()
-    mux = make(store)
-    mux.put("t", b"k", b"v")
-    threads, results = _waiters(mux, 8)
-    assert store.entered.wait(5)
+    store, mux, threads, results = _gated_wave(8)
     t = time.monotonic()
     with pytest.raises(TimeoutError):
         mux.commit_wait(timeout=0.05)
@@ -571,15 +575,11 @@ def test_timeouts_racing_the_wake_ups_never_strand_a_waiter() -> None:
 
 def test_a_stalled_chain_of_wake_ups_is_finished_by_the_persistence_thread() -> None:
     """A waiter that never passes the baton on (rule 11) strands nobody."""
-    store = Gated()
-    mux = make(store)
-    mux.put("t", b"k", b"v")
+    store, mux, threads, results = _gated_wave(5)
     dead = threading.Lock()
     dead.acquire()
     wave = mux._request_wait(dead)  # a waiter that will never wake the next one
     assert wave is not None
-    threads, results = _waiters(mux, 5)
-    assert store.entered.wait(5)
     time.sleep(0.05)
     # Make the dead waker the first one released (newest first: it goes last).
     wave.cancel_waker(dead)
@@ -594,11 +594,7 @@ def test_an_interrupted_waiter_passes_its_turn_on() -> None:
     """Ctrl-C in a waiting main thread: it raises, and the other waiters still wake."""
     import signal
 
-    store = Gated()
-    mux = make(store)
-    mux.put("t", b"k", b"v")
-    threads, results = _waiters(mux, 5)
-    assert store.entered.wait(5)
+    store, mux, threads, results = _gated_wave(5)
     main = threading.main_thread().ident
     assert main == threading.get_ident()
     wave = mux._waves[0]
