@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import os
 
-from .base import MAX_KEY_SIZE, Puts, Store
+from .base import MAX_KEY_SIZE, Puts, Snapshot, Store
 from .memory import MemoryStore
 
-__all__ = ["MAX_KEY_SIZE", "MemoryStore", "Puts", "Store", "open_store", "parse_location"]
+__all__ = [
+    "MAX_KEY_SIZE",
+    "MemoryStore",
+    "Puts",
+    "Snapshot",
+    "Store",
+    "open_store",
+    "parse_location",
+]
 
 
 def parse_location(location: str) -> tuple[str, str]:
@@ -40,21 +48,28 @@ def parse_location(location: str) -> tuple[str, str]:
     return "sqlite", location
 
 
-def open_store(location: str, *, durable: bool = True, read_only: bool = False) -> Store:
-    """Open (creating it unless ``read_only``) the store at ``location``.
+def open_store(
+    location: str, *, durable: bool = True, read_only: bool = False, create: bool = True
+) -> Store:
+    """Open the store at ``location``, creating it when missing unless ``read_only``
+    or ``create=False`` (then nothing is created: no file, no directory).
 
     Raises :class:`~persist.errors.StoreNotFound` for a missing store opened
-    read-only, :class:`~persist.errors.NotAStore` when the location holds
-    something else, and :class:`~persist.errors.StoreLocked` when another
-    writer has it.
+    read-only or with ``create=False``, :class:`~persist.errors.NotAStore`
+    when the location holds something else, and
+    :class:`~persist.errors.StoreLocked` when another writer has it.
     """
     scheme, rest = parse_location(location)
     if scheme == "memory":
+        if not create and not read_only and not MemoryStore.exists(rest):
+            from ..errors import StoreNotFound
+
+            raise StoreNotFound(f"no store at memory:{rest}")
         return MemoryStore(rest, durable=durable, read_only=read_only)
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(rest, durable=durable, read_only=read_only)
+        return SQLiteStore(rest, durable=durable, read_only=read_only, create=create)
     from .leveldb import LevelDBStore
 
-    return LevelDBStore(rest, durable=durable, read_only=read_only)
+    return LevelDBStore(rest, durable=durable, read_only=read_only, create=create)

@@ -35,6 +35,19 @@ Contract (checked for every backend by :mod:`persist.testing.kvs`):
 8. **Errors.** Backend exceptions are translated into :mod:`persist.errors`
    (``raise ... from``).  After :meth:`Store.close`, every method but ``close``
    raises :class:`~persist.errors.ClosedError`; ``close`` is idempotent.
+9. **Pinned snapshots.** :meth:`Store.snapshot` returns a :class:`Snapshot`:
+   a read-only view that reflects every batch whose ``write`` returned before
+   the call and no later one, for as long as it stays open, whatever is
+   written meanwhile.  Its ``get`` and ``scan`` may be called from any thread
+   (concurrently; a backend that must serialize them does so itself) and never
+   wait for a write in flight.  Close it when done: an open snapshot may keep
+   old versions alive in the backend (SQLite WAL frames, a LevelDB snapshot, a
+   PostgreSQL transaction).  Closing the store closes its snapshots; their
+   later calls raise :class:`~persist.errors.ClosedError`.
+10. **Compare-and-set.** :meth:`Store.compare_and_set` replaces one key's value
+    only if it still holds the expected one (``None``: absent), atomically with
+    respect to every other write of any handle, and durably when the store is
+    durable.  It is how leases are taken and renewed (DESIGN §2.1, §2.6).
 """
 
 from __future__ import annotations
@@ -46,7 +59,15 @@ from typing import Self, TypeAlias
 
 from ..errors import ClosedError, ReadOnlyError
 
-__all__ = ["MAX_KEY_SIZE", "Puts", "Store", "check_key", "check_value", "normalize_batch"]
+__all__ = [
+    "MAX_KEY_SIZE",
+    "Puts",
+    "Snapshot",
+    "Store",
+    "check_key",
+    "check_value",
+    "normalize_batch",
+]
 
 #: The longest key every backend must accept.  PostgreSQL's b-tree index limits
 #: keys to about 2.7 kB, so the contract fixes a portable bound well below it.
@@ -100,6 +121,79 @@ def normalize_batch(
     return checked(), dels
 
 
+class Snapshot(abc.ABC):
+    """A read-only, pinned view of a store (contract rule 9).
+
+    Get one with :meth:`Store.snapshot`; use it as a context manager or call
+    :meth:`close`.  ``get`` and ``scan`` behave as the store's own, over the
+    pinned state.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.location = store.location
+        self._store = store
+        self._closed = False
+
+    @abc.abstractmethod
+    def _get(self, key: bytes) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def _scan(self, start: bytes, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]: ...
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Release the backend's resources; the store may be closed already."""
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key`` in the pinned state, or ``None`` when absent."""
+        self._check_open()
+        return self._get(check_key(key))
+
+    def scan(self, start: bytes = b"", stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, value)`` of the pinned state with ``start <= key < stop``, ascending."""
+        self._check_open()
+        check_key(start)
+        if stop is not None:
+            check_key(stop)
+            if stop <= start:
+                return iter(())
+        return self._scan_checked(start, stop)
+
+    def _scan_checked(self, start: bytes, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        for item in self._scan(start, stop):
+            if self._closed or self._store.closed:
+                raise ClosedError(f"a snapshot of {self.location} was closed during a scan")
+            yield item
+
+    def close(self) -> None:
+        """Release the pinned state.  Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed or self._store.closed:
+            raise ClosedError(f"the snapshot of {self.location} is closed")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self.location!r}{' closed' if self._closed else ''}>"
+
+
 class Store(abc.ABC):
     """An ordered byte key-value store.  See the module docstring for the contract."""
 
@@ -127,6 +221,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def _close(self) -> None: ...
+
+    @abc.abstractmethod
+    def _snapshot(self) -> Snapshot: ...
+
+    @abc.abstractmethod
+    def _compare_and_set(self, key: bytes, expected: bytes | None, new: bytes | None) -> bool:
+        """REQUIRES: serialized with every write of this handle (the backend's write lock)."""
 
     # -- the public surface, with the checks every backend shares --------------
 
@@ -166,6 +267,27 @@ class Store(abc.ABC):
             raise ReadOnlyError(f"store {self.location} is open read-only")
         checked_puts, dels = normalize_batch(puts, deletes)
         self._write(checked_puts, dels)
+
+    def snapshot(self) -> Snapshot:
+        """A pinned, read-only view of the store as it is now (contract rule 9)."""
+        self._check_open()
+        return self._snapshot()
+
+    def compare_and_set(self, key: bytes, expected: bytes | None, new: bytes | None) -> bool:
+        """Set ``key`` to ``new`` (``None``: delete) if it holds ``expected`` (``None``: absent).
+
+        Returns whether it did.  Atomic with respect to every other write,
+        durable on return when the store is durable (contract rule 10).
+        """
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"store {self.location} is open read-only")
+        check_key(key)
+        if expected is not None:
+            check_value(expected)
+        if new is not None:
+            check_value(new)
+        return self._compare_and_set(key, expected, new)
 
     def close(self) -> None:
         """Release the store.  Idempotent; later calls of other methods raise ClosedError."""

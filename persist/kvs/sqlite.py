@@ -34,6 +34,7 @@ import errno
 import fcntl
 import os
 import threading
+import urllib.parse
 from collections.abc import Iterator
 
 import apsw
@@ -50,7 +51,7 @@ from ..errors import (
     StoreLocked,
     StoreNotFound,
 )
-from .base import Store
+from .base import Snapshot, Store
 
 __all__ = ["APPLICATION_ID", "SQLiteStore"]
 
@@ -59,6 +60,8 @@ APPLICATION_ID = 0x70727374
 
 _SCHEMA = "CREATE TABLE kv (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL)"
 _BUSY_TIMEOUT_MS = 10_000
+#: Rows fetched per statement by a snapshot's scan (its connection is shared).
+_PAGE_ROWS = 256
 
 
 def _translate(exc: apsw.Error, location: str) -> PersistError:
@@ -81,7 +84,9 @@ def _translate(exc: apsw.Error, location: str) -> PersistError:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str, *, durable: bool = True, read_only: bool = False) -> None:
+    def __init__(
+        self, path: str, *, durable: bool = True, read_only: bool = False, create: bool = True
+    ) -> None:
         super().__init__(path, durable=durable, read_only=read_only)
         self._path = os.path.abspath(path)
         self._write_lock = threading.Lock()
@@ -90,11 +95,21 @@ class SQLiteStore(Store):
         self._all_readers: list[apsw.Connection] = []
         self._lock_fd: int | None = None
         self._writer: apsw.Connection | None = None
+        self._immutable = False
         if os.path.isdir(self._path):
             raise NotAStore(f"{path} is a directory, not an SQLite store")
         exists = os.path.exists(self._path)
-        if read_only and not exists:
+        if (read_only or not create) and not exists:
             raise StoreNotFound(f"no store at {path}")
+        if read_only:
+            # On read-only media SQLite cannot create the -shm file a WAL reader
+            # needs; a store nobody can write there cannot change: open it immutable.
+            directory = os.path.dirname(self._path) or "."
+            self._immutable = not os.access(directory, os.W_OK) and not os.path.exists(
+                self._path + "-wal"
+            )
+        else:
+            self._refuse_unwritable(exists)
         try:
             if read_only:
                 self._release(self._new_reader())  # proves the file is a store
@@ -106,6 +121,21 @@ class SQLiteStore(Store):
             raise
 
     # -- opening ---------------------------------------------------------------
+
+    def _refuse_unwritable(self, exists: bool) -> None:
+        """A writer that cannot write would fail its first commit: refuse it now."""
+        directory = os.path.dirname(self._path) or "."
+        if not os.path.isdir(directory):
+            raise StoreNotFound(f"cannot create store {self.location}: no such directory")
+        if exists and not os.access(self._path, os.R_OK | os.W_OK):
+            raise ReadOnlyError(
+                f"store {self.location} is not writable by this process; open it read-only"
+            )
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise ReadOnlyError(
+                f"the directory of store {self.location} is not writable (SQLite keeps its "
+                "-wal, -shm and -lock files there); open it read-only"
+            )
 
     def _take_lock(self) -> None:
         try:
@@ -124,8 +154,12 @@ class SQLiteStore(Store):
         self._lock_fd = fd
 
     def _connect(self, flags: int) -> apsw.Connection:
+        name = self._path
+        if self._immutable:
+            name = "file:" + urllib.parse.quote(self._path) + "?immutable=1"
+            flags |= apsw.SQLITE_OPEN_URI
         try:
-            conn = apsw.Connection(self._path, flags=flags)
+            conn = apsw.Connection(name, flags=flags)
             conn.set_busy_timeout(_BUSY_TIMEOUT_MS)
             return conn
         except apsw.CantOpenError:
@@ -143,6 +177,9 @@ class SQLiteStore(Store):
             if str(mode[0][0]).lower() != "wal":
                 raise StoreError(f"store {self.location} cannot use WAL mode")
             conn.execute(f"PRAGMA synchronous={sync}")
+            # Deleted rows are overwritten, not left in free pages for whoever
+            # holds the file later (a rotated-out key, a deleted node).
+            conn.execute("PRAGMA secure_delete=ON")
         except apsw.Error as exc:
             conn.close()
             raise _translate(exc, self.location) from exc
@@ -208,28 +245,67 @@ class SQLiteStore(Store):
             raise self._error(exc) from exc
         finally:
             self._release(conn)
-        if row is None:
-            return None
-        value = row[0]
-        assert isinstance(value, bytes)
-        return value
+        return None if row is None else self._blob(row[0])
+
+    def _blob(self, cell: object) -> bytes:
+        """A cell as bytes; a cell of another type was not written by persist."""
+        if type(cell) is not bytes:
+            raise CorruptStore(f"store {self.location} holds a cell that is not a blob")
+        return cell
 
     def _scan(self, start: bytes, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         conn = self._acquire()
         try:
-            if stop is None:
-                cur = conn.execute("SELECT k, v FROM kv WHERE k >= ? ORDER BY k", (start,))
-            else:
-                cur = conn.execute(
-                    "SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k", (start, stop)
-                )
+            cur = conn.execute(*_scan_statement(start, stop))
             # One statement is one read transaction: the scan is a snapshot.
             with contextlib.closing(cur):
-                yield from cur
+                for key, value in cur:
+                    yield self._blob(key), self._blob(value)
         except apsw.Error as exc:
             raise self._error(exc) from exc
         finally:
             self._release(conn)
+
+    def _snapshot(self) -> Snapshot:
+        conn = self._acquire()
+        try:
+            # A deferred transaction pins its WAL snapshot at its first read.
+            conn.execute("BEGIN")
+            conn.execute("SELECT 1 FROM kv LIMIT 1").fetchall()
+        except apsw.Error as exc:
+            with contextlib.suppress(apsw.Error):
+                conn.execute("ROLLBACK")
+            self._release(conn)
+            raise self._error(exc) from exc
+        return _SQLiteSnapshot(self, conn)
+
+    def _compare_and_set(self, key: bytes, expected: bytes | None, new: bytes | None) -> bool:
+        with self._write_lock:
+            conn = self._writer
+            if conn is None or self._closed:
+                raise ClosedError(f"store {self.location} is closed")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except apsw.Error as exc:
+                raise self._error(exc) from exc
+            try:
+                row = conn.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+                current = None if row is None else self._blob(row[0])
+                if current != expected:
+                    conn.execute("ROLLBACK")
+                    return False
+                if new is None:
+                    conn.execute("DELETE FROM kv WHERE k = ?", (key,))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", (key, new))
+                conn.execute("COMMIT")
+                return True
+            except BaseException as exc:
+                with contextlib.suppress(apsw.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, apsw.Error):
+                    raise self._error(exc) from exc
+                raise
 
     def _write(self, puts: Iterator[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
         with self._write_lock:
@@ -275,6 +351,83 @@ class SQLiteStore(Store):
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _scan_statement(
+    start: bytes, stop: bytes | None, *, after: bool = False, limit: int | None = None
+) -> tuple[str, tuple[bytes | int, ...]]:
+    """The SELECT of a range scan.  A scan of the whole store has no bound, so
+    that cells of another type (which SQLite sorts before every blob) are met
+    and refused instead of skipped."""
+    where: list[str] = []
+    args: list[bytes | int] = []
+    if start or after:
+        where.append("k > ?" if after else "k >= ?")
+        args.append(start)
+    if stop is not None:
+        where.append("k < ?")
+        args.append(stop)
+    sql = "SELECT k, v FROM kv"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY k"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return sql, tuple(args)
+
+
+class _SQLiteSnapshot(Snapshot):
+    """A pooled read connection held in one read transaction (one WAL snapshot).
+
+    apsw refuses concurrent use of one connection from two threads, so calls
+    take turns under a lock, and a scan reads in pages of :data:`_PAGE_ROWS`
+    rows (no statement stays open between the rows it yields).
+    """
+
+    def __init__(self, store: SQLiteStore, conn: apsw.Connection) -> None:
+        super().__init__(store)
+        self._sqlite = store
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def _get(self, key: bytes) -> bytes | None:
+        with self._lock:
+            self._check_live()
+            try:
+                row = self._conn.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+            except apsw.Error as exc:
+                raise self._sqlite._error(exc) from exc
+        return None if row is None else self._sqlite._blob(row[0])
+
+    def _scan(self, start: bytes, stop: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        blob = self._sqlite._blob
+        cursor, after = start, False
+        while True:
+            with self._lock:
+                self._check_live()
+                try:
+                    rows = self._conn.execute(
+                        *_scan_statement(cursor, stop, after=after, limit=_PAGE_ROWS)
+                    ).fetchall()
+                except apsw.Error as exc:
+                    raise self._sqlite._error(exc) from exc
+            for key, value in rows:
+                yield blob(key), blob(value)
+            if len(rows) < _PAGE_ROWS:
+                return
+            cursor, after = blob(rows[-1][0]), True
+
+    def _check_live(self) -> None:
+        if self._sqlite.closed:
+            raise ClosedError(f"store {self.location} is closed")
+
+    def _close(self) -> None:
+        with self._lock:
+            if not self._sqlite.closed:
+                with contextlib.suppress(apsw.Error):
+                    self._conn.execute("ROLLBACK")
+                self._sqlite._release(self._conn)
 
 
 def _fsync_dir(path: str) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from ..errors import StoreIOError
-from ..kvs.base import Store
+from ..kvs.base import Snapshot, Store
 
 __all__ = ["FaultyStore", "InjectedFault"]
 
@@ -91,6 +91,12 @@ class FaultyStore(Store):
         if plan.after_apply:
             self.inner.write(puts, deletes)
         raise plan.exc
+
+    def _snapshot(self) -> Snapshot:
+        return self.inner.snapshot()
+
+    def _compare_and_set(self, key: bytes, expected: bytes | None, new: bytes | None) -> bool:
+        return self.inner.compare_and_set(key, expected, new)
 
     def _close(self) -> None:
         self.inner.close()

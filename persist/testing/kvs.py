@@ -19,6 +19,7 @@ import contextlib
 import random
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pytest
@@ -254,6 +255,116 @@ class StoreConformance:
             else:
                 with pytest.raises(StoreLocked):
                     store_factory.open()
+
+    # -- pinned snapshots (contract rule 9) ---------------------------------------
+
+    def test_snapshot_is_pinned_across_writes(self, store: Store) -> None:
+        store.write({b"k%03d" % i: b"old" for i in range(600)})
+        with store.snapshot() as snap:
+            store.write({b"k%03d" % i: b"new" for i in range(300)}, deletes=[b"k500"])
+            store.write({b"added": b"x"})
+            assert snap.get(b"k000") == b"old"
+            assert snap.get(b"k500") == b"old"
+            assert snap.get(b"added") is None
+            got = list(snap.scan())
+            assert len(got) == 600 and all(v == b"old" for _, v in got)
+            assert [k for k, _ in snap.scan(b"k100", b"k103")] == [b"k100", b"k101", b"k102"]
+            assert list(snap.scan(b"k5", b"k4")) == []
+        assert store.get(b"k000") == b"new" and store.get(b"k500") is None
+        assert snap.closed
+        with pytest.raises(ClosedError):
+            snap.get(b"k000")
+
+    def test_snapshot_sees_what_was_written_before_it(self, store: Store) -> None:
+        store.write({b"a": b"1"})
+        first = store.snapshot()
+        store.write({b"a": b"2"})
+        second = store.snapshot()
+        try:
+            assert first.get(b"a") == b"1" and second.get(b"a") == b"2"
+        finally:
+            first.close()
+            second.close()
+
+    def test_snapshots_read_from_many_threads(self, store: Store) -> None:
+        store.write({b"%04d" % i: b"%d" % i for i in range(1000)})
+        errors: list[BaseException] = []
+        with store.snapshot() as snap:
+
+            def reader(seed: int) -> None:
+                rng = random.Random(seed)
+                try:
+                    for _ in range(200):
+                        i = rng.randrange(1000)
+                        assert snap.get(b"%04d" % i) == b"%d" % i
+                    assert len(list(snap.scan())) == 1000
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=reader, args=(n,)) for n in range(4)]
+            for t in threads:
+                t.start()
+            store.write(deletes=[b"%04d" % i for i in range(1000)])
+            for t in threads:
+                t.join()
+        assert not errors
+
+    def test_closing_the_store_closes_its_snapshots(self, store_factory: StoreFactory) -> None:
+        s = store_factory.open()
+        s.write({b"k": b"v"})
+        snap = s.snapshot()
+        s.close()
+        with pytest.raises(ClosedError):
+            snap.get(b"k")
+        snap.close()  # still fine
+        with pytest.raises(ClosedError):
+            s.snapshot()
+
+    # -- compare-and-set (contract rule 10) -------------------------------------
+
+    def test_compare_and_set(self, store: Store) -> None:
+        assert store.compare_and_set(b"lease", None, b"g1")  # create if absent
+        assert not store.compare_and_set(b"lease", None, b"g2")
+        assert not store.compare_and_set(b"lease", b"g0", b"g2")
+        assert store.get(b"lease") == b"g1"
+        assert store.compare_and_set(b"lease", b"g1", b"g2")
+        assert store.get(b"lease") == b"g2"
+        assert store.compare_and_set(b"lease", b"g2", None)  # delete
+        assert store.get(b"lease") is None
+        assert not store.compare_and_set(b"lease", b"g2", b"g3")
+        with pytest.raises(TypeError):
+            store.compare_and_set(b"lease", None, "text")  # type: ignore[arg-type]
+
+    def test_compare_and_set_has_one_winner_among_threads(self, store: Store) -> None:
+        def contend(n: int, key: bytes, barrier: threading.Barrier, winners: list[int]) -> None:
+            barrier.wait()
+            if store.compare_and_set(key, None, b"%d" % n):
+                winners.append(n)
+
+        for round_ in range(20):
+            key = b"race%d" % round_
+            winners: list[int] = []
+            barrier = threading.Barrier(6)
+            threads = [
+                threading.Thread(target=contend, args=(n, key, barrier, winners)) for n in range(6)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert len(winners) == 1
+            assert store.get(key) == b"%d" % winners[0]
+
+    def test_compare_and_set_persists(self, store_factory: StoreFactory) -> None:
+        with store_factory.open() as s:
+            assert s.compare_and_set(b"k", None, b"v")
+        if store_factory.persistent:
+            with store_factory.open() as s:
+                assert s.get(b"k") == b"v"
+        with store_factory.open(read_only=True) if store_factory.persistent else nullcontext() as r:
+            if r is not None:
+                with pytest.raises(ReadOnlyError):
+                    r.compare_and_set(b"k", b"v", b"w")
 
     def test_readers_see_whole_batches_during_writes(self, store: Store) -> None:
         """Readers in other threads never see half a batch and are never blocked."""

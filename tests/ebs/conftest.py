@@ -16,7 +16,7 @@ import pytest
 from persist.ebs import EncryptedStore, KdfParams
 from persist.errors import StoreIOError
 from persist.kvs import open_store
-from persist.kvs.base import Store
+from persist.kvs.base import Snapshot, Store
 from persist.kvs.memory import MemoryStore
 
 WEAK = KdfParams.weak_for_tests()
@@ -78,6 +78,12 @@ class FailingStore(Store):
         if self.writes == self.fail_at:
             raise StoreIOError("injected crash")
         self.inner.write(list(puts), deletes)
+
+    def _snapshot(self) -> Snapshot:
+        return self.inner.snapshot()
+
+    def _compare_and_set(self, key: bytes, expected: bytes | None, new: bytes | None) -> bool:
+        return self.inner.compare_and_set(key, expected, new)
 
     def _close(self) -> None:
         pass
