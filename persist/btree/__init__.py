@@ -17,7 +17,7 @@ from .check import Problem, ProblemKind, check_tree
 from .gc import release, retain
 from .memory import MemoryNodeStore
 from .node import INLINE_MAX, INTERNAL_MAX, LEAF_MAX, MAX_KEY_SIZE
-from .nodestore import NodeId, NodeStore, TreeUpdate
+from .nodestore import NodeId, NodeSource, NodeStore, TreeUpdate
 from .overlay import PendingNodeStore
 from .tree import Tree
 
@@ -33,6 +33,7 @@ __all__ = [
     "NodeCache",
     "NodeId",
     "NodeReader",
+    "NodeSource",
     "NodeStore",
     "PendingNodeStore",
     "Problem",

@@ -213,6 +213,7 @@ class _Batch:
         if (node.level if isinstance(node, Internal) else 0) != level:
             raise IntegrityError(f"node {nid.hex()} is not at the level its parent implies")
         self.opened[nid] = node
+        self.ledger.note_live(nid, node)  # reached from the committed root
         return node
 
     def update(self, nid: NodeId, level: int, lo: int, hi: int) -> list[_Item] | None:
@@ -373,9 +374,9 @@ class _Batch:
             for blob in blobs:
                 blob_data = self.new_blobs.get(blob)
                 if blob_data is None:
-                    ledger.incref(blob)
+                    ledger.incref(blob, blob=True)
                 else:
-                    ledger.adopt(blob, blob_data, ())
+                    ledger.adopt(blob, blob_data, (), blob=True)
             nid = self.store.node_id(data)
             ledger.adopt(nid, data, blobs)
             if self.reader.cache is not None:  # write-through: the new tree is the hot one
@@ -433,6 +434,7 @@ def apply_batch(
     else:
         top = batch.reader.tree_node(root)
         batch.opened[root] = top
+        batch.ledger.note_live(root, top)
         level = top.level if isinstance(top, Internal) else 0
         items = batch.update(root, level, 0, len(batch.keys))
     if items is None:

@@ -57,7 +57,7 @@ class _Builder:
         if len(value) > INLINE_MAX:
             data = encode_blob(value)
             nid = self.store.node_id(data)
-            self.ledger.adopt(nid, data, ())
+            self.ledger.adopt(nid, data, (), blob=True)
             self.keys.append(key)
             self.values.append(BlobRef(len(value), nid))
         else:

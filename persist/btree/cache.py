@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 from ..errors import IntegrityError
 from .node import Blob, Internal, Leaf, Node, decode_node
-from .nodestore import NodeId, NodeStore
+from .nodestore import NodeId, NodeSource
 
 __all__ = ["DEFAULT_CACHE_NODES", "NodeCache", "NodeReader"]
 
@@ -98,7 +98,7 @@ class NodeReader:
 
     __slots__ = ("cache", "store")
 
-    def __init__(self, store: NodeStore, cache: NodeCache | None = None) -> None:
+    def __init__(self, store: NodeSource, cache: NodeCache | None = None) -> None:
         self.store = store
         self.cache = cache
 

@@ -49,14 +49,29 @@ from collections.abc import Callable, Iterable
 
 from ..errors import IntegrityError
 from .cache import NodeCache, NodeReader
-from .node import Node, children_of, decode_node
+from .node import BlobRef, Leaf, Node, children_of, decode_node
 from .nodestore import NodeId, NodeStore, TreeUpdate
 
 __all__ = ["Ledger", "release", "retain"]
 
 
 class Ledger:
-    """Reference-count deltas of one operation against a store's committed counts."""
+    """Reference-count deltas of one operation against a store's committed counts.
+
+    **Liveness comes from the tree, never from a row's presence.**  A store may
+    answer :meth:`~.nodestore.NodeStore.refcount` from an authenticated index
+    of counted objects only (format v2: the count tree holds every blob and
+    every object referenced more than once), and say 0 for any other object.
+    The ledger then knows the rest itself: every node the operation reached
+    from a committed root (:meth:`note_live`), and every object such a node
+    names, is live with a count of at least 1.  While a table keeps a single
+    version (no retained snapshot), an object the operation builds that
+    equals a live one was necessarily reached: it holds the same keys as the
+    live node at that place in the tree, which the batch read to rebuild that
+    range (docs/design.md, "Reference counting", rule 6).  So "0" for
+    anything else is the truth.  Such a store sets ``index_only = True`` and
+    :func:`retain` refuses it: two versions share nodes the batch never reads.
+    """
 
     def __init__(self, store: NodeStore, load_node: Callable[[NodeId], Node]) -> None:
         self._store = store
@@ -66,20 +81,45 @@ class Ledger:
         self.puts: dict[NodeId, bytes] = {}
         self._born: set[NodeId] = set()
         self._dropped: list[NodeId] = []
+        self._live: set[NodeId] = set()
+        self._blobs: set[NodeId] = set()
+
+    def note_live(self, nid: NodeId, node: Node | None = None) -> None:
+        """``nid`` was reached from a committed root; so were the objects ``node`` names."""
+        self._live.add(nid)
+        if node is not None:
+            if type(node) is Leaf:
+                blobs = [v.nid for v in node.values if type(v) is BlobRef]
+                self._live.update(blobs)
+                self._blobs.update(blobs)
+            else:
+                self._live.update(children_of(node))
+
+    def load(self, nid: NodeId) -> Node:
+        """The object ``nid`` (IntegrityError when it is missing)."""
+        return self._load_node(nid)
 
     def committed(self, nid: NodeId) -> int:
-        """Return the store's committed count of ``nid`` (queried once per operation)."""
+        """Return the committed count of ``nid`` (queried once per operation)."""
         count = self._committed.get(nid)
         if count is None:
-            count = self._committed[nid] = self._store.refcount(nid)
+            count = self._store.refcount(nid)
+            if count == 0 and nid in self._live:
+                count = 1
+            self._committed[nid] = count
         return count
 
-    def adopt(self, nid: NodeId, data: bytes, children: Iterable[NodeId]) -> None:
+    def adopt(
+        self, nid: NodeId, data: bytes, children: Iterable[NodeId], *, blob: bool = False
+    ) -> None:
         """Count one new reference to ``nid``, an object built by this operation.
 
         REQUIRES: every child was already adopted or incref-ed once on behalf
-        of this object.
+        of this object.  ``blob``: the object is a blob (its count is tracked
+        in :attr:`TreeUpdate.blobs`).
         """
+        if blob:
+            self._blobs.add(nid)
         self.delta[nid] = self.delta.get(nid, 0) + 1
         if nid not in self._born and self.committed(nid) == 0:
             self._born.add(nid)
@@ -88,8 +128,10 @@ class Ledger:
             for child in children:  # exists already, and so do its references
                 self.decref(child)
 
-    def incref(self, nid: NodeId) -> None:
+    def incref(self, nid: NodeId, *, blob: bool = False) -> None:
         """Count one new reference to the existing object ``nid``."""
+        if blob:
+            self._blobs.add(nid)
         self.delta[nid] = self.delta.get(nid, 0) + 1
 
     def decref(self, nid: NodeId) -> None:
@@ -122,9 +164,14 @@ class Ledger:
                 # An object built and freed by the same operation is never written.
                 data = self.puts.pop(nid, None)
                 node = self._load_node(nid) if data is None else decode_node(data)
+                if data is None:
+                    self.note_live(nid, node)  # it was live until now: so are its children
+                elif type(node) is Leaf:
+                    self._blobs.update(v.nid for v in node.values if type(v) is BlobRef)
                 for child in children_of(node):
                     self.decref(child)
         update = TreeUpdate(puts=self.puts)
+        blobs = self._blobs
         for nid, change in self.delta.items():
             if change == 0:
                 continue
@@ -132,6 +179,8 @@ class Ledger:
             after = before + change
             if after < 0:
                 raise IntegrityError(f"reference count of {nid.hex()} would fall below zero")
+            if nid in blobs:
+                update.blobs[nid] = after
             if after == 0:
                 if before > 0:
                     update.deletes.add(nid)
@@ -159,9 +208,10 @@ def retain(store: NodeStore, root: NodeId | None, *, cache: NodeCache | None = N
     """
     if root is None:
         return TreeUpdate()
+    if getattr(store, "index_only", False):
+        raise ValueError("retained versions need a store that counts every reference")
     ledger = _ledger(store, cache)
-    if ledger.committed(root) == 0:
-        raise IntegrityError(f"cannot retain missing root {root.hex()}")
+    ledger.note_live(root, ledger.load(root))  # the caller holds a committed handle on it
     ledger.incref(root)
     return ledger.settle()
 
@@ -175,5 +225,6 @@ def release(store: NodeStore, root: NodeId | None, *, cache: NodeCache | None = 
     if root is None:
         return TreeUpdate()
     ledger = _ledger(store, cache)
+    ledger.note_live(root)  # the caller holds a committed handle on it
     ledger.decref(root)
     return ledger.settle()

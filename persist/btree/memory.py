@@ -3,6 +3,12 @@
 It keeps objects and count rows the way a key-value backed store does (an
 object map plus a count map holding only counts above 1), so the tests see
 exactly the rows a real store would hold.  Addresses are plain BLAKE2b-256.
+
+With ``index_only=True`` it answers ``refcount`` the way the encrypted store
+of format v2 does: from an authenticated index alone (the count of every blob
+and every count above 1), and 0 for any other object, present or not, since
+the presence of a row proves nothing there.  The trees must then know
+liveness from what they reached (:class:`~persist.btree.gc.Ledger`).
 """
 
 from __future__ import annotations
@@ -24,9 +30,12 @@ class MemoryNodeStore:
     damage them on purpose.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, index_only: bool = False) -> None:
         self.objects: dict[NodeId, bytes] = {}
         self.count_rows: dict[NodeId, int] = {}
+        #: blob -> count, from every update's ``blobs`` (the count tree of format v2)
+        self.blob_counts: dict[NodeId, int] = {}
+        self.index_only = index_only
         self._lock = threading.Lock()
         self.loads = 0  # calls of load and refcount, for tests of the work done
         self.lookups = 0
@@ -43,6 +52,8 @@ class MemoryNodeStore:
 
     def refcount(self, nid: NodeId) -> int:
         self.lookups += 1
+        if self.index_only:
+            return self.blob_counts.get(nid) or self.count_rows.get(nid, 0)
         if nid not in self.objects:
             return 0
         return self.count_rows.get(nid, 1)
@@ -86,3 +97,8 @@ class MemoryNodeStore:
                     self.count_rows[nid] = count
                 else:
                     self.count_rows.pop(nid, None)
+            for nid, count in update.blobs.items():
+                if count > 0:
+                    self.blob_counts[nid] = count
+                else:
+                    self.blob_counts.pop(nid, None)

@@ -13,7 +13,11 @@ things (:class:`NodeStore`):
 * **reference counts** -- ``refcount(nid)`` is the *committed* count: ``0``
   when the object is absent, ``1`` when it is present without a count row,
   and the stored count otherwise (a count row exists only when the count is
-  above 1).
+  above 1).  A store whose rows are not authenticated by their presence
+  (format v2) sets ``index_only = True`` and answers from an authenticated
+  index alone: the count of every blob and of every object counted above 1,
+  and 0 for anything else; the trees then take liveness from what they
+  reach (:class:`~persist.btree.gc.Ledger`), and keep one version per tree.
 * **inventory** -- ``iter_objects()`` lists every stored object with its
   count, for the checker.
 
@@ -28,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["NODE_ID_SIZE", "NodeId", "NodeStore", "TreeUpdate"]
+__all__ = ["NODE_ID_SIZE", "NodeId", "NodeSource", "NodeStore", "TreeUpdate"]
 
 #: Length of a content address in bytes (a 256-bit keyed BLAKE2b digest).
 NODE_ID_SIZE = 32
@@ -53,6 +57,14 @@ class NodeId(bytes):
 
     def __str__(self) -> str:
         return self.hex()
+
+
+class NodeSource(Protocol):
+    """What reading a tree needs: the objects by address (see :class:`NodeStore`)."""
+
+    def load(self, nid: NodeId) -> bytes:
+        """Return the object stored under ``nid``; IntegrityError when there is none."""
+        ...
 
 
 class NodeStore(Protocol):
@@ -102,6 +114,11 @@ class TreeUpdate:
     ``deletes``
         objects whose count reached 0: delete the object and its count row
         (``counted_deletes`` names those that have one).
+    ``blobs``
+        the new count of every blob whose count changed, 0 for a freed one:
+        a store that keeps an authenticated count of every blob (format v2's
+        count tree) applies these; one that keeps count rows above 1 only
+        can ignore them (``counts`` says the same for counts above 1).
 
     The three never overlap except that a ``puts`` entry may also appear in
     ``counts`` (a new object that is referenced more than once, or an object
@@ -115,6 +132,8 @@ class TreeUpdate:
     #: The subset of ``deletes`` that have a count row (committed count above 1),
     #: so that a store need not look for count rows that do not exist.
     counted_deletes: set[NodeId] = field(default_factory=set)
+    #: Blob -> its new count (0: freed), for every blob whose count changed.
+    blobs: dict[NodeId, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.puts or self.counts or self.deletes)
@@ -130,10 +149,12 @@ class TreeUpdate:
         counts = dict(self.counts)
         deletes = set(self.deletes)
         counted = set(self.counted_deletes)
+        blobs = {**self.blobs, **later.blobs}
         for nid in later.deletes:
             if nid in puts:
                 del puts[nid]  # created and freed before any commit: never written
                 counts.pop(nid, None)
+                blobs.pop(nid, None)  # never committed: nothing to count
             else:
                 deletes.add(nid)
                 counts.pop(nid, None)
@@ -149,4 +170,4 @@ class TreeUpdate:
             puts[nid] = data
         for nid, count in later.counts.items():
             counts[nid] = count
-        return TreeUpdate(puts, counts, deletes, counted & deletes)
+        return TreeUpdate(puts, counts, deletes, counted & deletes, blobs)

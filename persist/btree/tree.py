@@ -22,7 +22,7 @@ from typing import TypeAlias, cast
 from ..errors import IntegrityError
 from .cache import NodeCache, NodeReader
 from .node import BlobRef, Internal, Leaf, Value
-from .nodestore import NodeId, NodeStore
+from .nodestore import NodeId, NodeSource
 
 __all__ = ["Tree"]
 
@@ -36,13 +36,13 @@ class Tree:
     __slots__ = ("_reader", "root")
 
     def __init__(
-        self, store: NodeStore, root: NodeId | None, *, cache: NodeCache | None = None
+        self, store: NodeSource, root: NodeId | None, *, cache: NodeCache | None = None
     ) -> None:
         self.root = root
         self._reader = NodeReader(store, cache)
 
     @property
-    def store(self) -> NodeStore:
+    def store(self) -> NodeSource:
         return self._reader.store
 
     def _value(self, value: Value) -> bytes:
@@ -81,6 +81,20 @@ class Tree:
             return False
         i = bisect_left(leaf.keys, key)
         return i < len(leaf.keys) and leaf.keys[i] == key
+
+    def count_present(self, keys: Iterable[bytes]) -> int:
+        """How many of ``keys`` (ascending) the tree holds; one descent per leaf reached."""
+        found = 0
+        leaf: Leaf | None = None
+        for key in keys:
+            if leaf is None or not (leaf.keys and leaf.keys[0] <= key <= leaf.keys[-1]):
+                leaf = self._leaf_for(key)
+                if leaf is None:
+                    continue
+            i = bisect_left(leaf.keys, key)
+            if i < len(leaf.keys) and leaf.keys[i] == key:
+                found += 1
+        return found
 
     def count(self) -> int:
         """Return the number of entries, in O(1) node reads (subtree counts are stored)."""

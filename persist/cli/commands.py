@@ -17,6 +17,7 @@ from .. import db as persist_db
 from ..db.rekey import TreesRekeyer
 from ..db.verify import Issue
 from ..ebs import EncryptedStore, KdfParams
+from ..ebs import rekey as rotation
 from ..errors import IntegrityError, NotAStore, StoreLocked, StoreNotFound, WrongPassphrase
 from ..kvs import open_store
 from .secrets import Credentials, credential_options, new_passphrase, resolve
@@ -309,9 +310,10 @@ def rekey(
     kdf = KdfParams.weak_for_tests() if weak_kdf_for_tests else KdfParams.default()
     with _encrypted_store(location, open_opts) as ebs:
         if ebs.rekey_phase is not None:
-            ebs.resume_rekey(TreesRekeyer())
+            rotation.resume_rekey(ebs, TreesRekeyer(), new["passphrase"], key=new["key"])
             click.echo("finished an interrupted rotation")
-        ebs.rekey(
+        rotation.rekey(
+            ebs,
             new["passphrase"],
             key=new["key"],
             kdf=kdf,

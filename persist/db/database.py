@@ -26,16 +26,18 @@ from typing import Any, Self
 import cbor2
 
 from ..ebs import EncryptedStore, KdfParams
-from ..errors import ClosedError, ReadOnlyError, StoreNotFound
-from ..kvs import open_store
+from ..ebs.rekey import resume_rekey
+from ..errors import ClosedError, PersistError, ReadOnlyError, RotationUnfinished, StoreNotFound
+from ..kvs import open_store, parse_location
 from ..mux import AtomicBlock, Metrics, Multiplexer, MuxConfig
 from .keys import decode_key, encode_key
 from .objects import OBJECTS, PERSISTENT_CLASSES, Access, ObjectSpace
+from .rekey import TreesRekeyer
 from .rootlog import LogLimits
 from .table import Table
 from .treestore import TreeWaveStore
 from .values import RecordRegistry, ValueCodec, records
-from .verify import Issue, Progress, verify_trees
+from .verify import Issue, Progress, verify_database
 
 __all__ = ["ROOT", "SCHEMA", "Database", "open"]
 
@@ -61,6 +63,7 @@ def open(
     cache_nodes: int = 50_000,
     registry: RecordRegistry | None = None,
     root_log: LogLimits | None = None,
+    replace: bool = False,
 ) -> Database:
     """Open the database at ``location``, creating it if it is missing and ``create``.
 
@@ -73,15 +76,26 @@ def open(
     record carries before they are folded into the trees (docs/design.md,
     "The committed state").  ``registry`` holds the record types
     (default: the process-wide one that ``@persist.record`` fills).
+    ``replace``: an empty store where the freshness record saw a database is
+    a rollback (RollbackDetected); ``replace=True`` makes a new one there.
     """
     if (passphrase is None) == (key is None):
         raise TypeError("give exactly one of passphrase= and key=")
     if passphrase is not None and not isinstance(passphrase, str):
         raise TypeError("the passphrase must be a str")
-    store = open_store(os.fspath(location), durable=durable, read_only=read_only)
+    fresh = freshness if freshness is not True else None
+    path = os.fspath(location)
+    checked = None if read_only else _check_key_read_only(path, passphrase, key, allow_weak_kdf)
     try:
-        fresh = freshness if freshness is not True else None
-        if next(store.scan(), None) is None:
+        store = open_store(path, durable=durable, read_only=read_only, create=create)
+    except BaseException:
+        if checked is not None:
+            checked.close()
+        raise
+    try:
+        if checked is not None:
+            ebs = checked.reopen(store, freshness=fresh)
+        elif next(store.scan(), None) is None:
             if read_only or not create:
                 raise StoreNotFound(f"no database at {store.location}")
             ebs = EncryptedStore.create(
@@ -91,6 +105,7 @@ def open(
                 kdf=kdf or KdfParams.default(),
                 allow_weak_kdf=allow_weak_kdf,
                 freshness=fresh,
+                replace=replace,
             )
         else:
             ebs = EncryptedStore.open(
@@ -99,11 +114,20 @@ def open(
     except BaseException:
         store.close()
         raise
+    finally:
+        if checked is not None:
+            checked.close()
+            checked.kvs.close()
     try:
-        if ebs.rekey_phase is not None and not read_only:
-            from .rekey import TreesRekeyer
-
-            ebs.resume_rekey(TreesRekeyer())  # finish what a crash interrupted
+        if ebs.rekey_phase == "cleanup" and not read_only:
+            resume_rekey(ebs, TreesRekeyer())  # finish what a crash interrupted
+        elif ebs.rekey_phase == "copy" and not read_only:
+            raise RotationUnfinished(
+                "a master-key rotation of this store was interrupted before it switched "
+                "keys: finish it with `persist rekey` (it asks for the new passphrase) or "
+                "abandon it with `persist rekey --abort`; read_only=True opens the store "
+                "as it was before the rotation"
+            )
         return Database(
             ebs,
             read_only=read_only,
@@ -115,6 +139,36 @@ def open(
     except BaseException:
         ebs.close()
         store.close()
+        raise
+
+
+def _check_key_read_only(
+    location: str, passphrase: str | None, key: KeyArg | None, allow_weak_kdf: bool
+) -> EncryptedStore | None:
+    """Unwrap the key over a read-only handle before the writer opens the store.
+
+    A wrong passphrase must change no byte of the store, and the writer's
+    connection would (SQLite checkpoints a leftover WAL when it closes).  Only
+    where a read-only handle writes nothing itself: SQLite (a LevelDB handle
+    rewrites files even read-only; docs/api.md).  Returns the read-only store,
+    whose keys the writer's handle then reuses (one Argon2 run, not two).
+    """
+    scheme, rest = parse_location(location)
+    if scheme != "sqlite" or not os.path.isfile(rest):
+        return None
+    try:
+        reader = open_store(location, read_only=True)
+    except PersistError:
+        return None  # the writable open reports it
+    try:
+        if next(reader.scan(), None) is None:
+            reader.close()
+            return None
+        return EncryptedStore.open(
+            reader, passphrase, key=key, allow_weak_kdf=allow_weak_kdf, freshness=False
+        )
+    except BaseException:
+        reader.close()
         raise
 
 
@@ -176,7 +230,9 @@ class Database:
         self.location = ebs.kvs.location
         self.read_only = read_only
         self._ebs = ebs
-        self._trees = TreeWaveStore(ebs, cache_nodes=cache_nodes, log_limits=root_log)
+        self._trees = TreeWaveStore(
+            ebs, cache_nodes=cache_nodes, log_limits=root_log, writable=not read_only
+        )
         self._mux: Multiplexer | None = None
         if not read_only:
             self._mux = Multiplexer(self._trees, config, name=f"persist:{Path(self.location).name}")
@@ -254,13 +310,17 @@ class Database:
     def verify(self, progress: Progress | None = None) -> list[Issue]:
         """Check every row of the store; return every problem found (empty: intact).
 
-        A writable database first commits what is pending.  See
-        :mod:`persist.db.verify` for what is and is not checked.
+        A writable database first commits what is pending, then checks the
+        committed state as of that moment from a pinned snapshot: writers
+        may go on meanwhile.  A read-only one checks the newest committed
+        state (another process may be writing).  See :mod:`persist.db.verify`
+        for what is and is not checked.
         """
         self._check_open()
         if self._mux is not None:
             self._mux.commit_wait()
-        return verify_trees(self._trees, progress)
+        with self._ebs.pin() as snapshot:
+            return verify_database(self._ebs, snapshot, progress)
 
     # -- life cycle --------------------------------------------------------------
 
@@ -298,13 +358,7 @@ class Database:
         self._check_open()
         if self._mux is not None:
             return
-        self._ebs.reload_root()
-        self._trees = TreeWaveStore(
-            self._ebs,
-            cache_nodes=self._trees.cache.max_nodes,
-            log_limits=self._trees.log_limits,
-        )
-        self._reader.trees = self._trees
+        self._trees.refresh()
 
     def close(self) -> None:
         """Commit what is pending, then close.  Idempotent."""

@@ -9,18 +9,29 @@ directory, and turns such a store into an error on open:
 * another database id               -> :class:`~persist.errors.WrongDatabase`
 * a lower transaction count         -> :class:`~persist.errors.RollbackDetected`
 * the same count, another root      -> :class:`~persist.errors.ForkDetected`
-* one commit ahead, not our child   -> :class:`~persist.errors.ForkDetected`
+* one or two commits ahead, not descended from the recorded root (the other
+  root slot holds the current root's predecessor, so two commits ahead its
+  own predecessor must be the recorded root) -> :class:`~persist.errors.ForkDetected`
+* an empty or missing store where a record names a database
+                                    -> :class:`~persist.errors.RollbackDetected`
+  (unless the caller asks to replace it)
 
 A store further ahead is accepted (another writer, or a crash between the
-store's commit and the record's update); only its next-to-last root is in the
-store, so a fork more than one commit back cannot be told from progress.
+store's commit and the record's update); only its last two roots are in the
+store, so a fork more than two commits back cannot be told from progress.
 Without a record the first open trusts what it finds (trust on first use).
+
+The record is keyed by the store's canonical location (a resolved path, a
+normalized URI: :attr:`persist.kvs.base.Store.canonical_location`), so two
+spellings of one store share a record and two stores never do; it names the
+database id, and another id at that location is :class:`WrongDatabase`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 from dataclasses import dataclass
@@ -74,7 +85,8 @@ class FreshnessRecord:
         except IntegrityError:
             hint = None
         if hint is not None and (
-            durable is None or (hint.db_id == durable.db_id and hint.count >= durable.count)
+            durable is None
+            or (hmac.compare_digest(hint.db_id, durable.db_id) and hint.count >= durable.count)
         ):
             return hint
         return durable
@@ -82,11 +94,11 @@ class FreshnessRecord:
     @classmethod
     def _read(cls, path: Path) -> FreshnessRecord | None:
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
         try:
-            data = json.loads(text)
+            data = json.loads(raw.decode("utf-8"))
             if data["format"] != _FORMAT or data["version"] != _VERSION:
                 raise ValueError("unknown format")
             record = cls(
@@ -94,7 +106,7 @@ class FreshnessRecord:
             )
             if len(record.db_id) != 16 or len(record.root_digest) != 32 or record.count < 0:
                 raise ValueError("bad field")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             raise IntegrityError(
                 f"freshness record {path} is unreadable; delete it to trust the store as it is"
             ) from None
@@ -175,12 +187,20 @@ def _state_dir() -> Path:
     return base / "persist"
 
 
-def resolve_location(freshness: FreshnessLocation, store_location: str) -> Path | None:
-    """Where the record of the store at ``store_location`` lives, or None for none.
+def _record_name(location: str) -> str:
+    return hashlib.blake2b(location.encode("utf-8"), digest_size=16).hexdigest() + ".json"
+
+
+def resolve_location(
+    freshness: FreshnessLocation, store_location: str, legacy_location: str | None = None
+) -> Path | None:
+    """Where the record of the store at ``store_location`` (canonical) lives, or None.
 
     The default is ``$PERSIST_STATE_DIR`` (else ``$XDG_STATE_HOME/persist``,
     else ``~/.local/state/persist``) ``/freshness/<hash of the location>.json``.
     An anonymous ``memory:`` store has no stable location and gets no record.
+    A record kept under ``legacy_location`` (the location as typed, the key of
+    earlier versions) is moved to the canonical name.
     """
     if freshness is False:
         return None
@@ -190,24 +210,53 @@ def resolve_location(freshness: FreshnessLocation, store_location: str) -> Path 
         return Path(freshness)
     if store_location == "memory:":
         return None
-    name = hashlib.blake2b(store_location.encode("utf-8"), digest_size=16).hexdigest()
-    return _state_dir() / "freshness" / f"{name}.json"
+    directory = _state_dir() / "freshness"
+    path = directory / _record_name(store_location)
+    if legacy_location is not None and legacy_location != store_location:
+        old = directory / _record_name(legacy_location)
+        if old.exists() and not path.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(_hint_path(old), _hint_path(path))
+    return path
 
 
-def check_freshness(record: FreshnessRecord | None, current: RootRecord) -> None:
-    """Raise if ``current`` cannot be the successor of (or equal to) ``record``."""
+def _same(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+def check_freshness(
+    record: FreshnessRecord | None,
+    current: RootRecord,
+    previous: RootRecord | None = None,
+) -> None:
+    """Raise if ``current`` cannot be the successor of (or equal to) ``record``.
+
+    ``previous`` is the root in the other slot when it is valid and links to
+    ``current`` (the caller checks the link), which proves one more step of
+    the history.
+    """
     if record is None:
         return
-    if record.db_id != current.db_id:
+    if not _same(record.db_id, current.db_id):
         raise WrongDatabase("the store holds another database than the freshness record names")
     if current.count < record.count:
         raise RollbackDetected(
             f"the store is at transaction {current.count}, "
             f"but this machine has seen transaction {record.count}"
         )
-    if current.count == record.count and current.digest != record.root_digest:
+    if current.count == record.count and not _same(current.digest, record.root_digest):
         raise ForkDetected(f"transaction {current.count} differs from the one this machine saw")
-    if current.count == record.count + 1 and current.prev_digest != record.root_digest:
+    if current.count == record.count + 1 and not _same(current.prev_digest, record.root_digest):
         raise ForkDetected(
             f"transaction {current.count} does not follow the transaction this machine saw"
+        )
+    if (
+        current.count == record.count + 2
+        and previous is not None
+        and not _same(previous.prev_digest, record.root_digest)
+    ):
+        raise ForkDetected(
+            f"transaction {previous.count} does not follow the transaction this machine saw"
         )

@@ -27,15 +27,14 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
 from ..errors import IntegrityError, WrongPassphrase
-from ..kvs.base import Store
 from .kdf import KdfParams, derive_kek, hkdf_sha256
 from .keys import MASTER_KEY_SIZE
 from .layout import (
-    FORMAT_VERSION,
     NO_TABLE,
     RandomSource,
     RowKind,
@@ -58,6 +57,8 @@ __all__ = [
 
 #: Slot indices run 0..MAX_KEYSLOTS-1 (docs/format.md "Keyslot").
 MAX_KEYSLOTS = 8
+#: The keyslot layout's own version: unchanged by store format v2.
+KEYSLOT_VERSION = 1
 RAW_KEY_SIZE = 32
 SALT_SIZE = 16
 KIND_PASSPHRASE, KIND_RAW_KEY = 1, 2
@@ -76,11 +77,12 @@ def keyslot_key(index: int) -> bytes:
     return hashlib.blake2b(bytes([index]), digest_size=32, person=_SLOT_PERSON).digest()
 
 
-def read_keyslots(kvs: Store) -> dict[int, bytes]:
-    """The stored rows of every keyslot in use, by index."""
+def read_keyslots(get: Callable[[bytes], bytes | None]) -> dict[int, bytes]:
+    """The stored rows of every keyslot in use, by index (read with a store's or
+    a snapshot's ``get``)."""
     slots = {}
     for index in range(MAX_KEYSLOTS):
-        stored = kvs.get(keyslot_key(index))
+        stored = get(keyslot_key(index))
         if stored is not None:
             slots[index] = stored
     return slots
@@ -192,7 +194,7 @@ def make_keyslot(
     else:
         flags, params = 0, (0, 0, 0)
     salt = random(SALT_SIZE)
-    header = _HEADER.pack(_MAGIC, FORMAT_VERSION, index, credential.kind, flags, *params, salt)
+    header = _HEADER.pack(_MAGIC, KEYSLOT_VERSION, index, credential.kind, flags, *params, salt)
     commit_key, wrap_key = _subkeys(credential.kek(salt, KdfParams(*params)))
     commitment = keyed_hash(commit_key, header)
     nonce = random(NONCE_SIZE)
@@ -213,7 +215,7 @@ def parse_keyslot(index: int, stored: bytes) -> _Parsed:
     ):
         raise damaged
     magic, version, slot, kind, flags, t, m, p, salt = _HEADER.unpack_from(stored)
-    if magic != _MAGIC or version != FORMAT_VERSION or slot != index:
+    if magic != _MAGIC or version != KEYSLOT_VERSION or slot != index:
         raise damaged
     if kind == KIND_PASSPHRASE:
         if flags & ~FLAG_WEAK_KDF:

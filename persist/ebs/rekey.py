@@ -8,69 +8,74 @@ copy stays valid until one atomic batch switches the keyslots and the root.
 A crash at any point leaves a store that opens with the key material of the
 side it is on, and a journal that says how to finish:
 
-1. **Begin** (one batch): a journal row under the *old* key, holding the new
-   master key and the new keyslot rows (prepared now, so resuming needs no
-   passphrase).  Phase ``copy``.
-2. **Copy** (many batches): every table's nodes and mutable rows are written
-   under the new keys.  Nothing old changes, so the store stays valid under
-   the old key; a crash here is undone by :func:`abort_rekey` or redone by
-   :func:`resume_rekey` (which first deletes the partial new copy, since rows
-   committed meanwhile may have made parts of it stale).
+1. **Begin** (one batch): a journal row under the *old* key holding the new
+   key epoch and the new keyslot, already wrapped under the new credential.
+   The new master key itself is never written under the old key: it is known
+   only to this process and to whoever holds the new credential.  Phase
+   ``copy``.
+2. **Copy** (many batches): the tree layer's :class:`TreeRekeyer` rebuilds
+   every tree under the new keys; other rows are copied as they are.
+   Nothing old changes, so the store stays valid under the old key; a crash
+   here is undone by :func:`abort_rekey` or redone by :func:`resume_rekey`,
+   which needs the **new** credential (it unwraps the new master key from the
+   journal's keyslot) and first deletes the partial new copy.
 3. **Switch** (one batch): the new keyslots replace all old ones, the next
    root is written under the new key (the transaction count and the root
    chain go on), the old root slots and journal are deleted, and a journal
    under the *new* key records the *old* master key.  Phase ``cleanup``.
 4. **Cleanup** (many batches): every row that authenticates under the old key
-   is deleted; then the journal.  Resuming repeats the scan; a row is only
-   ever deleted after it was positively identified as old.
+   is deleted, then the journal, then the backend drops what it kept of the
+   deleted rows (``kvs.compact()``: a WAL checkpoint on SQLite, which runs
+   with ``secure_delete``; a compaction on LevelDB).  A row is only ever
+   deleted after it was positively identified as old.
 
-Nodes are content-addressed under the table's node-id key, which changes with
-the master key, so their ids -- and the ids stored inside parent nodes --
-change.  The ebs cannot rewrite node contents; the tree layer plugs in a
-:class:`TreeRekeyer` that walks its tree through the old :class:`Table` and
-writes re-encoded nodes (and its rows, e.g. reference counts keyed by node
-id) through a :class:`RekeyTarget`.  Tables without one get their mutable
-rows copied as they are; a rotation that would lose nodes is refused before
-anything is written.
+So whoever held the old master key or an old passphrase (with any copy of an
+old keyslot) learns nothing written after the rotation, from the store during
+the rotation or from its residue after: the only new material under the old
+key is a keyslot wrapped under the new credential (docs/security.md).
+
+This module takes the store as a parameter; :mod:`.store` does not import it.
 """
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import IntegrityError, PersistError, RotationUnfinished
+from ..errors import PersistError, RotationUnfinished
+from .journal import PHASE_CLEANUP, PHASE_COPY, Journal, read_journal, seal_journal
+from .journal import detect_phase as journal_phase
 from .kdf import KdfParams
 from .keys import MASTER_KEY_SIZE, KeyRing, NodeId, TableKeys
-from .keyslot import KIND_PASSPHRASE, MAX_KEYSLOTS, Credential, keyslot_key, make_keyslot
-from .layout import NO_TABLE, RowKind, padded_size
-from .root import Coverage, RootRecord, seal_root
-from .rows import (
-    auth_error,
-    missing_error,
-    open_envelope,
-    open_head,
-    read_value,
-    seal,
-    seal_envelope,
+from .keyslot import (
+    KIND_PASSPHRASE,
+    MAX_KEYSLOTS,
+    Credential,
+    keyslot_key,
+    make_keyslot,
+    unwrap_any,
 )
+from .layout import FORMAT_VERSION, RowKind
+from .root import seal_root
+from .rows import missing_error, open_head, read_value, seal
 from .survey import Survey, known_descriptors, survey
 
 if TYPE_CHECKING:
-    from .store import EncryptedStore
+    from .root import RootRecord
+    from .store import EncryptedStore, KeyArg
     from .table import Table
 
-__all__ = ["RekeyTarget", "TreeRekeyer", "abort_rekey", "detect_phase", "rekey", "resume_rekey"]
+__all__ = [
+    "RekeyTarget",
+    "TreeRekeyer",
+    "abort_rekey",
+    "detect_phase",
+    "rekey",
+    "resume_rekey",
+]
 
 #: Rows written per batch during copy and cleanup.
 BATCH_ROWS = 512
-PHASE_COPY, PHASE_CLEANUP = 1, 2
-_PHASES = {PHASE_COPY: "copy", PHASE_CLEANUP: "cleanup"}
-_MAGIC = b"PSRK"
-# docs/format.md "Rekey journal".
-_FIXED = struct.Struct(">4sBBH32sIB")
-_SLOT = struct.Struct(">BH")
 
 
 class RekeyTarget:
@@ -81,7 +86,14 @@ class RekeyTarget:
         self._keys = keys
         self._pending: dict[bytes, bytes] = {}
         self._rows_written: set[bytes] = set()
-        self.coverage = Coverage()
+
+    @property
+    def descriptor(self) -> bytes:
+        return self._keys.descriptor
+
+    @property
+    def rows_written(self) -> int:
+        return len(self._rows_written)
 
     def node_id(self, plaintext: bytes) -> NodeId:
         """The node's id under the new master key."""
@@ -97,9 +109,7 @@ class RekeyTarget:
         if storage_key in self._rows_written:
             raise ValueError("a row was copied twice")
         self._rows_written.add(storage_key)
-        rows = seal(self._keys, RowKind.ROW, storage_key, key, value, self._store.random)
-        self.coverage = self.coverage.add(self._keys.coverage_element(storage_key, rows[0][1]))
-        self._add(rows)
+        self._add(seal(self._keys, RowKind.ROW, storage_key, key, value, self._store.random))
 
     def _add(self, rows: list[tuple[bytes, bytes]]) -> None:
         self._pending.update(rows)
@@ -116,78 +126,24 @@ class TreeRekeyer(Protocol):
     """The hook through which the tree layer rotates the tables it owns."""
 
     def handles(self, descriptor: bytes) -> bool:
-        """True if this rekeyer copies table ``descriptor`` (nodes and rows)."""
+        """True if this rekeyer copies table ``descriptor`` (all its nodes and rows)."""
         ...
 
-    def rekey_table(
-        self, descriptor: bytes, payload: bytes | None, old: Table, new: RekeyTarget
-    ) -> bytes | None:
-        """Copy the table: read through ``old``, write through ``new``.
-
-        ``payload`` is the table's catalog entry (None if it has none); return
-        the new entry (node ids inside it change) or None to keep it.  Every
-        mutable row of the table must be copied, or the rotation is refused.
-        """
+    def rekey_tables(
+        self,
+        catalog: Mapping[str, bytes],
+        old: Callable[[bytes], Table],
+        new: Callable[[bytes], RekeyTarget],
+    ) -> dict[str, bytes]:
+        """Copy every table it handles: read through ``old(descriptor)``, write
+        through ``new(descriptor)``; return the catalog entries that change
+        (node ids inside them change with the keys)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Journal:
-    phase: int
-    #: copy phase: the new master key; cleanup phase: the old one
-    other_master: bytes
-    new_epoch: int
-    slots: dict[int, bytes]
-
-    def encode(self) -> bytes:
-        fixed = (_MAGIC, 1, self.phase, 0, self.other_master, self.new_epoch, len(self.slots))
-        parts = [_FIXED.pack(*fixed)]
-        for index, row in sorted(self.slots.items()):
-            parts += [_SLOT.pack(index, len(row)), row]
-        body = b"".join(parts)
-        return body + bytes(padded_size(len(body)) - len(body))
-
-    @classmethod
-    def decode(cls, plain: bytes) -> Journal:
-        magic, version, phase, _r, other, epoch, n = _FIXED.unpack_from(plain)
-        if magic != _MAGIC or version != 1 or phase not in _PHASES:
-            raise ValueError("bad journal")
-        pos, slots = _FIXED.size, {}
-        for _ in range(n):
-            index, size = _SLOT.unpack_from(plain, pos)
-            slots[index] = plain[pos + _SLOT.size : pos + _SLOT.size + size]
-            pos += _SLOT.size + size
-        return cls(phase, other, epoch, slots)
-
-
-def _seal_journal(store: EncryptedStore, ring: KeyRing, journal: Journal) -> tuple[bytes, bytes]:
-    key = ring.journal_key()
-    row = seal_envelope(
-        ring.journal_cipher, RowKind.JOURNAL, NO_TABLE, key, journal.encode(), store.random
-    )
-    return key, row
-
-
-def _read_journal(store: EncryptedStore) -> Journal | None:
-    ring = store.keyring
-    key = ring.journal_key()
-    stored = store.kvs.get(key)
-    if stored is None:
-        return None
-    plain = open_envelope(ring.journal_cipher, RowKind.JOURNAL, NO_TABLE, key, stored)
-    try:
-        return Journal.decode(plain)
-    except (ValueError, struct.error):
-        raise auth_error(RowKind.JOURNAL, key) from None
 
 
 def detect_phase(store: EncryptedStore) -> str | None:
-    """ "copy", "cleanup" or None; a damaged journal counts as none (verify reports it)."""
-    try:
-        journal = _read_journal(store)
-    except IntegrityError:
-        return None
-    return None if journal is None else _PHASES[journal.phase]
+    """ "copy", "cleanup" or None (the store's ``rekey_phase``, read again)."""
+    return journal_phase(store.kvs.get, store.keyring)
 
 
 def _copy_rows(store: EncryptedStore, old: TableKeys, keys: list[bytes], new: RekeyTarget) -> None:
@@ -214,39 +170,46 @@ def _refuse_lost_nodes(found: Survey, rekeyer: TreeRekeyer | None) -> None:
 
 
 def _copy_switch_cleanup(
-    store: EncryptedStore, journal: Journal, rekeyer: TreeRekeyer | None, found: Survey
+    store: EncryptedStore,
+    new_ring: KeyRing,
+    journal: Journal,
+    rekeyer: TreeRekeyer | None,
+    found: Survey,
 ) -> RootRecord:
-    old_ring, new_ring = store.keyring, KeyRing(journal.other_master)
+    old_ring = store.keyring
     root = store.root
     catalog = dict(root.catalog)
-    coverage: dict[bytes, Coverage] = {}
+    targets: dict[bytes, RekeyTarget] = {}
+
+    def target(descriptor: bytes) -> RekeyTarget:
+        t = targets.get(descriptor)
+        if t is None:
+            t = targets[descriptor] = RekeyTarget(store, new_ring.table(descriptor))
+        return t
+
+    if rekeyer is not None:
+        catalog.update(rekeyer.rekey_tables(root.catalog, store.table, target))
     for descriptor in known_descriptors(root, [*found.rows, *found.nodes]):
-        target = RekeyTarget(store, new_ring.table(descriptor))
         old_rows = found.rows.get(descriptor, [])
-        name = descriptor.decode("utf-8")
-        if rekeyer is not None and rekeyer.handles(descriptor):
-            old_table = store.table(descriptor)
-            payload = rekeyer.rekey_table(descriptor, catalog.get(name), old_table, target)
-            if payload is not None:
-                catalog[name] = payload
-        else:
-            _copy_rows(store, old_ring.table(descriptor), old_rows, target)
-        target.flush()
-        if target.coverage.rows != len(old_rows):
+        copy = target(descriptor)
+        if rekeyer is None or not rekeyer.handles(descriptor):
+            _copy_rows(store, old_ring.table(descriptor), old_rows, copy)
+        if copy.rows_written != len(old_rows):
             raise PersistError(
-                f"rotation of table {descriptor!r} copied {target.coverage.rows} of "
+                f"rotation of table {descriptor!r} copied {copy.rows_written} of "
                 f"{len(old_rows)} rows; nothing was switched (abort_rekey() cleans up)"
             )
-        coverage[descriptor] = target.coverage
+    for t in targets.values():
+        t.flush()
     puts = {keyslot_key(i): row for i, row in journal.slots.items()}
     deletes = [keyslot_key(i) for i in range(MAX_KEYSLOTS) if i not in journal.slots]
     deletes += [old_ring.root_slot_key(0), old_ring.root_slot_key(1), old_ring.journal_key()]
-    cleanup = Journal(PHASE_CLEANUP, old_ring.master, journal.new_epoch, {})
-    puts.update([_seal_journal(store, new_ring, cleanup)])
+    cleanup = Journal(PHASE_CLEANUP, journal.new_epoch, master=old_ring.master)
+    puts.update([seal_journal(new_ring, cleanup, store.random)])
     # The current root, re-sealed under the new key, keeps both slots filled
     # and the chain checkable across the switch.
     puts.update([seal_root(new_ring, root, store.random)])
-    new_root = store.commit_root(puts, deletes, catalog, coverage, new_ring, journal.new_epoch)
+    new_root = store.commit_root(puts, deletes, catalog, new_ring, journal.new_epoch)
     store.switch_keys(new_ring, new_root)
     store.rekey_phase = "cleanup"
     _delete(store, list(found.all_keys()))
@@ -257,31 +220,43 @@ def _copy_switch_cleanup(
 def _finish(store: EncryptedStore) -> None:
     store.write_raw({}, [store.keyring.journal_key()])
     store.rekey_phase = None
+    store.kvs.compact()  # drop the residue of the deleted rows where the backend can
 
 
 def _survey(store: EncryptedStore, ring: KeyRing) -> Survey:
     return survey(store.kvs, ring, known_descriptors(store.root))
 
 
+def _check_v2(store: EncryptedStore) -> None:
+    if store.version < FORMAT_VERSION:
+        raise ValueError("upgrade the store (open it writable once) before rotating its key")
+
+
 def rekey(
     store: EncryptedStore,
-    credential: Credential,
-    kdf: KdfParams,
+    passphrase: str | None = None,
     *,
-    allow_weak: bool,
-    rekeyer: TreeRekeyer | None,
+    key: KeyArg | None = None,
+    kdf: KdfParams | None = None,
+    allow_weak_kdf: bool = False,
+    rekeyer: TreeRekeyer | None = None,
 ) -> RootRecord:
-    """Rotate the master key; the one new keyslot opens with ``credential``.
+    """Rotate the master key; the one new keyslot opens with the new passphrase or key.
 
     Every other keyslot is dropped: they wrap the old master key, and only
     their owners could wrap the new one.  Add them again afterwards.
+    ``rekeyer`` copies the tables the tree layer owns (their nodes).
     """
+    credential = Credential(passphrase, key)
+    kdf = kdf if kdf is not None else KdfParams.default()
+    allow_weak = allow_weak_kdf
     if credential.kind == KIND_PASSPHRASE:
         reason = kdf.refusal(allow_weak=allow_weak)
         if reason is not None:
             raise ValueError(reason)
     with store.lock:
         store.check_writable()
+        _check_v2(store)
         if store.rekey_phase is not None:
             raise RotationUnfinished(
                 "a rotation is unfinished: resume_rekey() or abort_rekey() first"
@@ -292,10 +267,10 @@ def rekey(
         slot = make_keyslot(
             0, new_master, credential, kdf, allow_weak=allow_weak, random=store.random
         )
-        journal = Journal(PHASE_COPY, new_master, store.root.key_epoch + 1, {0: slot})
-        store.write_raw(dict([_seal_journal(store, store.keyring, journal)]))
+        journal = Journal(PHASE_COPY, store.root.key_epoch + 1, {0: slot})
+        store.write_raw(dict([seal_journal(store.keyring, journal, store.random)]))
         store.rekey_phase = "copy"
-        return _copy_switch_cleanup(store, journal, rekeyer, found)
+        return _copy_switch_cleanup(store, KeyRing(new_master), journal, rekeyer, found)
 
 
 def _purge(store: EncryptedStore, master: bytes) -> None:
@@ -303,31 +278,77 @@ def _purge(store: EncryptedStore, master: bytes) -> None:
     _delete(store, list(_survey(store, KeyRing(master)).all_keys()))
 
 
-def resume_rekey(store: EncryptedStore, rekeyer: TreeRekeyer | None) -> RootRecord:
-    """Finish the rotation an interrupted :func:`rekey` began."""
+def _new_master(store: EncryptedStore, journal: Journal, credential: Credential | None) -> bytes:
+    """The new master key of a copy-phase journal: unwrapped from its keyslot."""
+    if journal.version == 1 and journal.master is not None:
+        return journal.master  # written before format v2: the key is in the journal
+    if credential is None:
+        raise RotationUnfinished(
+            "resuming a rotation interrupted in its copy phase needs the new passphrase "
+            "or key (the new master key is wrapped under it); or abort the rotation"
+        )
+    _, master = unwrap_any(journal.slots, credential, allow_weak=store.allow_weak_kdf)
+    return master
+
+
+def resume_rekey(
+    store: EncryptedStore,
+    rekeyer: TreeRekeyer | None,
+    passphrase: str | None = None,
+    *,
+    key: KeyArg | None = None,
+) -> RootRecord:
+    """Finish the rotation an interrupted :func:`rekey` began.
+
+    In the copy phase give the **new** passphrase or key; the cleanup phase
+    needs nothing.
+    """
+    credential = None if passphrase is None and key is None else Credential(passphrase, key)
     with store.lock:
         store.check_writable()
-        journal = _read_journal(store)
+        journal = read_journal(store.kvs.get, store.keyring)
         if journal is None:
             raise ValueError("no rotation to resume")
         if journal.phase == PHASE_CLEANUP:
-            _purge(store, journal.other_master)
+            assert journal.master is not None
+            _purge(store, journal.master)
             _finish(store)
             return store.root
+        _check_v2(store)
+        new_master = _new_master(store, journal, credential)
         found = _survey(store, store.keyring)
         _refuse_lost_nodes(found, rekeyer)
-        _purge(store, journal.other_master)
-        return _copy_switch_cleanup(store, journal, rekeyer, found)
+        _purge(store, new_master)
+        return _copy_switch_cleanup(store, KeyRing(new_master), journal, rekeyer, found)
 
 
-def abort_rekey(store: EncryptedStore) -> None:
-    """Abandon a rotation still in its copy phase: delete the partial new copy."""
+def abort_rekey(
+    store: EncryptedStore, passphrase: str | None = None, *, key: KeyArg | None = None
+) -> None:
+    """Abandon a rotation still in its copy phase: delete the partial new copy.
+
+    With the new passphrase or key, exactly the rows under the new master key
+    are deleted.  Without it, every row that does not authenticate under the
+    current (old) key, keyslots and roots aside, is taken for part of the copy
+    and deleted (run verify first if the store may also hold damaged rows:
+    they would go too).
+    """
+    credential = None if passphrase is None and key is None else Credential(passphrase, key)
     with store.lock:
         store.check_writable()
-        journal = _read_journal(store)
+        journal = read_journal(store.kvs.get, store.keyring)
         if journal is None:
             raise ValueError("no rotation to abort")
         if journal.phase != PHASE_COPY:
             raise ValueError("the rotation already switched keys; resume_rekey() finishes it")
-        _purge(store, journal.other_master)
+        if credential is not None or journal.version == 1:
+            _purge(store, _new_master(store, journal, credential))
+            _finish(store)
+            return
+        ours = set(_survey(store, store.keyring).all_keys())
+        special = {keyslot_key(i) for i in range(MAX_KEYSLOTS)}
+        ring = store.keyring
+        special.update([ring.root_slot_key(0), ring.root_slot_key(1), ring.journal_key()])
+        strangers = [k for k, _ in store.kvs.scan() if k not in ours and k not in special]
+        _delete(store, strangers)
         _finish(store)

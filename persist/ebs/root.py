@@ -9,13 +9,16 @@ Theory of operation (docs/format.md "Root record").
    and a freshness record (freshness.py) can tell "older", "newer" and
    "somewhere else" apart.
 3. The catalog is the upper layer's: table descriptor -> opaque payload (the
-   tree root id and counts).  The coverage is the ebs's own: for each table
-   with mutable rows, their number and an additive multiset hash over
-   ``(storage key, stored row)`` (MSet-Add-Hash, Clarke et al. 2003, with a
-   keyed BLAKE2b as the PRF).  Adding and removing a row are one addition and
-   one subtraction modulo 2^256, so a commit never rereads unchanged rows,
-   and a verify pass that recomputes the sum catches any row deleted, added,
-   or rolled back to an older ciphertext.
+   tree root ids, the root log's chain).  Everything the store holds besides
+   the keyslots and the two root slots is named by it, directly or through
+   content addresses and digests, so the root authenticates every row
+   (format v2).
+4. Format v1 roots also carry a coverage per table: the number of its
+   mutable rows and an additive multiset hash over ``(storage key, stored
+   row)`` (MSet-Add-Hash, Clarke et al. 2003, keyed BLAKE2b as the PRF),
+   which verify recomputed to catch a row deleted, added or rolled back.
+   Format v2 has no free-standing mutable rows and no coverage; v1 roots are
+   still read (and a v1 store is upgraded by its first writable open).
 """
 
 from __future__ import annotations
@@ -28,10 +31,17 @@ from functools import cached_property
 from types import MappingProxyType
 
 from ..errors import IntegrityError
-from ..kvs.base import Store
 from .keys import KeyRing
-from .layout import FORMAT_VERSION, NO_TABLE, RandomSource, RowKind, padded_size
-from .rows import auth_error, open_envelope, seal_envelope
+from .layout import (
+    FORMAT_VERSION,
+    MAX_ROOT_ROW,
+    NO_TABLE,
+    READABLE_VERSIONS,
+    RandomSource,
+    RowKind,
+    padded_size,
+)
+from .rows import Getter, auth_error, open_envelope, seal_envelope
 
 __all__ = [
     "COVERAGE_MODULUS",
@@ -79,12 +89,18 @@ class RootRecord:
     timestamp_us: int
     prev_digest: bytes
     catalog: Mapping[str, bytes] = field(default_factory=dict)
-    #: table descriptor -> coverage of its mutable rows (empty tables omitted)
+    #: format v1 only: table descriptor -> coverage of its mutable rows
     coverage: Mapping[bytes, Coverage] = field(default_factory=dict)
     #: incremented by every master-key rotation
     key_epoch: int = 0
+    #: the store format (docs/format.md "Versions"); v2 roots have no coverage
+    version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if self.version not in READABLE_VERSIONS:
+            raise ValueError(f"unknown store format {self.version}")
+        if self.version >= 2 and self.coverage:
+            raise ValueError("format v2 roots carry no coverage")
         object.__setattr__(self, "catalog", MappingProxyType(dict(self.catalog)))
         object.__setattr__(self, "coverage", MappingProxyType(dict(self.coverage)))
 
@@ -99,7 +115,7 @@ class RootRecord:
         parts = [
             _FIXED.pack(
                 _MAGIC,
-                FORMAT_VERSION,
+                self.version,
                 0,
                 0,
                 self.db_id,
@@ -113,6 +129,8 @@ class RootRecord:
         for name in sorted(self.catalog, key=lambda n: n.encode("utf-8")):
             raw, payload = name.encode("utf-8"), self.catalog[name]
             parts += [_NAME.pack(len(raw)), raw, _PAYLOAD.pack(len(payload)), payload]
+        if self.version >= 2:
+            return b"".join(parts)
         parts.append(_COUNT.pack(len(self.coverage)))
         for descriptor in sorted(self.coverage):
             cover = self.coverage[descriptor]
@@ -130,7 +148,7 @@ class RootRecord:
 
     def __repr__(self) -> str:
         return (
-            f"RootRecord(count={self.count}, db_id={self.db_id.hex()}, "
+            f"RootRecord(v{self.version}, count={self.count}, db_id={self.db_id.hex()}, "
             f"tables={sorted(self.catalog)!r}, key_epoch={self.key_epoch})"
         )
 
@@ -155,7 +173,7 @@ class _Reader:
 def _decode(plain: bytes) -> RootRecord:
     r = _Reader(plain)
     magic, version, _r1, _r2, db_id, count, ts, epoch, prev = _FIXED.unpack(r.take(_FIXED.size))
-    if magic != _MAGIC or version != FORMAT_VERSION or _r1 or _r2:
+    if magic != _MAGIC or version not in READABLE_VERSIONS or _r1 or _r2:
         raise ValueError("bad root header")
     catalog: dict[str, bytes] = {}
     (n,) = r.unpack(_COUNT)
@@ -165,16 +183,17 @@ def _decode(plain: bytes) -> RootRecord:
         (payload_len,) = r.unpack(_PAYLOAD)
         catalog[name] = r.take(payload_len)
     coverage: dict[bytes, Coverage] = {}
-    (n,) = r.unpack(_COUNT)
-    for _ in range(n):
-        (desc_len,) = r.unpack(_NAME)
-        descriptor = r.take(desc_len)
-        rows, acc = _COVER.unpack(r.take(_COVER.size))
-        coverage[descriptor] = Coverage(rows, int.from_bytes(acc, "big"))
+    if version == 1:
+        (n,) = r.unpack(_COUNT)
+        for _ in range(n):
+            (desc_len,) = r.unpack(_NAME)
+            descriptor = r.take(desc_len)
+            rows, acc = _COVER.unpack(r.take(_COVER.size))
+            coverage[descriptor] = Coverage(rows, int.from_bytes(acc, "big"))
     used = r.pos
     if len(plain) != padded_size(used) or any(plain[used:]):
         raise ValueError("bad root padding")
-    root = RootRecord(db_id, count, ts, prev, catalog, coverage, epoch)
+    root = RootRecord(db_id, count, ts, prev, catalog, coverage, epoch, version)
     if root.encoded != plain[:used]:
         raise ValueError("root is not canonically encoded")
     return root
@@ -192,21 +211,24 @@ def seal_root(keys: KeyRing, root: RootRecord, random: RandomSource) -> tuple[by
 def open_root(keys: KeyRing, slot: int, stored: bytes) -> RootRecord:
     """Decrypt and parse the root in ``slot``; IntegrityError if it is not valid there."""
     slot_key = keys.root_slot_key(slot)
-    plain = open_envelope(keys.root_cipher, RowKind.ROOT, NO_TABLE, slot_key, stored)
+    plain = open_envelope(
+        keys.root_cipher, RowKind.ROOT, NO_TABLE, slot_key, stored, max_len=MAX_ROOT_ROW
+    )
     try:
         root = _decode(plain)
-    except (ValueError, UnicodeDecodeError, struct.error):
+    except (ValueError, UnicodeDecodeError, struct.error, OverflowError):
         raise auth_error(RowKind.ROOT, slot_key) from None
     if root.count % 2 != slot:
         raise auth_error(RowKind.ROOT, slot_key)
     return root
 
 
-def read_roots(kvs: Store, keys: KeyRing) -> list[RootRecord | IntegrityError | None]:
-    """Both root slots: a root, the error it raised, or None when absent."""
+def read_roots(get: Getter, keys: KeyRing) -> list[RootRecord | IntegrityError | None]:
+    """Both root slots, read with ``get`` (a store's or a snapshot's): a root,
+    the error it raised, or None when absent."""
     out: list[RootRecord | IntegrityError | None] = []
     for slot in (0, 1):
-        stored = kvs.get(keys.root_slot_key(slot))
+        stored = get(keys.root_slot_key(slot))
         if stored is None:
             out.append(None)
             continue

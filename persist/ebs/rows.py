@@ -22,14 +22,17 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from ..errors import IntegrityError
 from .keys import TableKeys
 from .layout import (
     CHUNK_SIZE,
+    MAX_ROW,
     STORAGE_KEY_SIZE,
     RandomSource,
     RowKind,
@@ -39,6 +42,7 @@ from .layout import (
 from .xaes import NONCE_SIZE, OVERHEAD, XAES256GCM
 
 __all__ = [
+    "Getter",
     "Head",
     "auth_error",
     "chunk_count",
@@ -51,6 +55,9 @@ __all__ = [
     "seal",
     "seal_envelope",
 ]
+
+#: Reads one stored row: a store's or a snapshot's ``get``.
+Getter: TypeAlias = Callable[[bytes], bytes | None]
 
 # docs/format.md "Head": layout, key length, value length.
 _HEAD = struct.Struct(">BIQ")
@@ -95,10 +102,21 @@ def seal_envelope(
 
 
 def open_envelope(
-    cipher: XAES256GCM, kind: RowKind, table_id: bytes, storage_key: bytes, stored: bytes
+    cipher: XAES256GCM,
+    kind: RowKind,
+    table_id: bytes,
+    storage_key: bytes,
+    stored: bytes,
+    *,
+    max_len: int = MAX_ROW,
 ) -> bytes:
-    """Decrypt one row; IntegrityError if it is not exactly what was sealed there."""
-    if len(stored) < NONCE_SIZE + OVERHEAD or len(storage_key) != STORAGE_KEY_SIZE:
+    """Decrypt one row; IntegrityError if it is not exactly what was sealed there.
+
+    A row longer than persist ever writes (``max_len``) is refused unread.
+    """
+    if type(stored) is not bytes or not NONCE_SIZE + OVERHEAD <= len(stored) <= max_len:
+        raise auth_error(kind, storage_key)
+    if len(storage_key) != STORAGE_KEY_SIZE:
         raise auth_error(kind, storage_key)
     ad = associated_data(kind, table_id, storage_key)
     try:
@@ -203,7 +221,7 @@ def read_value(
     kind: RowKind,
     storage_key: bytes,
     head: Head,
-    fetch: Callable[[bytes], bytes | None],
+    fetch: Getter,
 ) -> bytes:
     """The whole value of a head: inline, or its chunks fetched, checked and joined."""
     if head.inline is not None:
@@ -221,7 +239,7 @@ def read_value(
         pieces.append(plain[:size])
         remaining -= size
     value = b"".join(pieces)
-    if head.digest is None or _value_digest(value) != head.digest:
+    if head.digest is None or not hmac.compare_digest(_value_digest(value), head.digest):
         # The chunks authenticate one by one but belong to another version.
         raise auth_error(kind, storage_key)
     return value

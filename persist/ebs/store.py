@@ -4,20 +4,30 @@ Theory of operation.
 
 1. **Open** reads the keyslots, unwraps the master key (the commitment makes a
    wrong passphrase fail before any decryption), then takes the valid root of
-   the two slots with the highest count, then checks it against the freshness
-   record.  Open never writes to the kvs store.
+   the two slots with the highest count, checks that the other slot holds its
+   predecessor (an honest writer never leaves it missing or unrelated), then
+   checks both against the freshness record.  Open never writes to the kvs
+   store (the freshness record lives outside it).
 2. **Commit** turns a :class:`~persist.ebs.table.WriteBatch` into one atomic
    ``kvs.write``: every node, row and chunk, plus the next root in the other
-   slot.  The root's coverage of mutable rows is updated by subtracting the
-   element of the row being replaced (its stored bytes, read from the kvs
-   store) and adding the new one.  Only then is the in-memory root replaced
-   and the freshness record updated.
-3. **One writer.** Commits, keyslot changes, rekeys and verify passes hold one
-   lock.  Reads hold none: they see the kvs store, which sees a batch whole or
-   not at all.
-4. **Poison.** When ``kvs.write`` raises, whether the batch landed is unknown
+   slot.  Only then is the in-memory root replaced and the freshness hint
+   updated.
+3. **Format v2: only the root and the keyslots are mutable.**  Nodes are
+   content-addressed and rows written once; the layer above names all of them
+   from the root's catalog, so every row the library acts on is authenticated
+   from the root when it is read.  A format-v1 store (count rows rewritten in
+   place, covered by a digest in the root) opens for reading; it accepts one
+   commit only, the upgrade (``commit(..., upgrade=True)``), which the tree
+   layer makes at its first writable open.
+4. **One writer.** Commits, keyslot changes, rekeys and pins hold one lock.
+   Reads hold none: they see the kvs store, which sees a batch whole or not
+   at all, or a pinned snapshot of it (:meth:`pin`).
+5. **Poison.** When ``kvs.write`` raises, whether the batch landed is unknown
    (StoreIOError), so every later write raises CommitFailed until reopened;
    committing on from a root that may be stale would fork the store.
+
+The master-key rotation (:mod:`.rekey`) and the row verifier (:mod:`.verify`)
+take a store as a parameter; this module depends on neither.
 """
 
 from __future__ import annotations
@@ -34,13 +44,14 @@ from typing import NoReturn, Self
 from ..errors import (
     ClosedError,
     CommitFailed,
+    ForkDetected,
     IntegrityError,
     ReadOnlyError,
     RollbackDetected,
     StoreExists,
     StoreNotFound,
 )
-from ..kvs.base import Store
+from ..kvs.base import Snapshot, Store
 from .freshness import (
     FreshnessLocation,
     FreshnessRecord,
@@ -48,6 +59,7 @@ from .freshness import (
     check_freshness,
     resolve_location,
 )
+from .journal import detect_phase
 from .kdf import KdfParams
 from .keys import MASTER_KEY_SIZE, MAX_DESCRIPTOR, KeyRing, TableKeys
 from .keyslot import (
@@ -61,14 +73,12 @@ from .keyslot import (
     read_keyslots,
     unwrap_any,
 )
-from .layout import RandomSource, RowKind
-from .rekey import TreeRekeyer, abort_rekey, detect_phase, rekey, resume_rekey
-from .root import Coverage, RootRecord, read_roots, seal_root
-from .rows import chunk_count, chunk_keys, may_be_chunked, open_head, seal
+from .layout import FORMAT_VERSION, RandomSource, RowKind
+from .root import RootRecord, read_roots, seal_root
+from .rows import Getter, chunk_count, chunk_keys, may_be_chunked, open_head, seal
 from .table import Table, WriteBatch
-from .verify import Problem, verify_rows
 
-__all__ = ["EncryptedStore"]
+__all__ = ["EncryptedStore", "KeyArg"]
 
 _log = logging.getLogger("persist.ebs")
 DB_ID_SIZE = 16
@@ -81,8 +91,8 @@ def _timestamp_us(clock: Clock) -> int:
     return min(max(int(clock() * 1e6), 0), (1 << 64) - 1)
 
 
-def _is_empty(kvs: Store) -> bool:
-    it = kvs.scan()
+def _is_empty(get_scan: Store | Snapshot) -> bool:
+    it = get_scan.scan()
     try:
         return next(it, None) is None
     finally:
@@ -91,8 +101,39 @@ def _is_empty(kvs: Store) -> bool:
             close()
 
 
+def _freshness_path(freshness: FreshnessLocation, kvs: Store) -> Path | None:
+    return resolve_location(freshness, kvs.canonical_location, kvs.location)
+
+
+def choose_root(
+    roots: list[RootRecord | IntegrityError | None], location: str
+) -> tuple[RootRecord, RootRecord | None]:
+    """The current root (the valid one with the highest count) and its proven
+    predecessor in the other slot (None when that slot is damaged).
+
+    Raises IntegrityError when no root is valid, when the other slot is
+    missing, and ForkDetected when it holds a root of another history: an
+    honest writer always leaves the current root's predecessor there.
+    """
+    valid = [r for r in roots if isinstance(r, RootRecord)]
+    if not valid:
+        raise IntegrityError("the store has no valid root record")
+    root = max(valid, key=lambda r: r.count)
+    other = roots[1 - root.count % 2]
+    if other is None:
+        if root.count > 0:
+            raise IntegrityError("the previous root slot is missing")
+        return root, None
+    if isinstance(other, IntegrityError):
+        _log.warning("a root slot of %s is damaged; verify the store", location)
+        return root, None
+    if other.count != root.count - 1 or other.digest != root.prev_digest:
+        raise ForkDetected("the other root slot holds a root that does not precede the current one")
+    return root, other
+
+
 class EncryptedStore:
-    """Every row encrypted on its own, over any kvs store (format v1)."""
+    """Every row encrypted on its own, over any kvs store (format v2; v1 read)."""
 
     def __init__(
         self,
@@ -102,6 +143,7 @@ class EncryptedStore:
         freshness_path: Path | None,
         clock: Clock,
         random: RandomSource,
+        allow_weak_kdf: bool,
     ) -> None:
         """Use :meth:`create` or :meth:`open`."""
         self.kvs = kvs
@@ -110,7 +152,8 @@ class EncryptedStore:
         self._freshness_path = freshness_path
         self._hint = HintWriter(freshness_path) if freshness_path is not None else None
         self._clock = clock
-        self.random = random
+        self._random = random
+        self._allow_weak_kdf = allow_weak_kdf
         self._lock = threading.RLock()
         self._tables: dict[bytes, Table] = {}
         self._closed = False
@@ -132,14 +175,19 @@ class EncryptedStore:
         kdf: KdfParams = DEFAULT_KDF,
         allow_weak_kdf: bool = False,
         freshness: FreshnessLocation = None,
+        replace: bool = False,
         clock: Clock = time.time,
-        random: RandomSource = os.urandom,
+        _random: RandomSource = os.urandom,
     ) -> EncryptedStore:
         """Make a new encrypted store in the empty ``kvs_store``.
 
         Exactly one of ``passphrase`` and ``key`` (32 bytes or a key-file path)
-        is given.  Raises ValueError for KDF parameters out of bounds and
-        StoreExists when the kvs store is not empty.
+        is given.  Raises ValueError for KDF parameters out of bounds,
+        StoreExists when the kvs store is not empty, and RollbackDetected
+        when a freshness record says a database lived at this location (an
+        emptied store is a rollback, not a new database) unless ``replace``.
+        ``_random`` is for deterministic tests only: a source that repeats
+        itself repeats nonces.
         """
         credential = Credential(passphrase, key)
         if credential.kind == KIND_PASSPHRASE:
@@ -148,16 +196,24 @@ class EncryptedStore:
                 raise ValueError(reason)
         if not _is_empty(kvs_store):
             raise StoreExists(f"{kvs_store.location} is not empty; open it instead")
-        master = random(MASTER_KEY_SIZE)
+        path = _freshness_path(freshness, kvs_store)
+        if path is not None and not replace:
+            record = FreshnessRecord.load(path)
+            if record is not None:
+                raise RollbackDetected(
+                    f"{kvs_store.location} is empty, but this machine saw database "
+                    f"{record.db_id.hex()} there at transaction {record.count}: the store "
+                    "was deleted or rolled back (replace=True / --replace makes a new one)"
+                )
+        master = _random(MASTER_KEY_SIZE)
         keys = KeyRing(master)
-        slot = make_keyslot(0, master, credential, kdf, allow_weak=allow_weak_kdf, random=random)
-        root = RootRecord(random(DB_ID_SIZE), 0, _timestamp_us(clock), bytes(32))
-        root_key, root_row = seal_root(keys, root, random)
+        slot = make_keyslot(0, master, credential, kdf, allow_weak=allow_weak_kdf, random=_random)
+        root = RootRecord(_random(DB_ID_SIZE), 0, _timestamp_us(clock), bytes(32))
+        root_key, root_row = seal_root(keys, root, _random)
         kvs_store.write({keyslot_key(0): slot, root_key: root_row})
-        path = resolve_location(freshness, kvs_store.location)
         if path is not None:
             FreshnessRecord.of(root).save(path)
-        return cls(kvs_store, keys, root, path, clock, random)
+        return cls(kvs_store, keys, root, path, clock, _random, allow_weak_kdf)
 
     @classmethod
     def open(
@@ -169,38 +225,75 @@ class EncryptedStore:
         allow_weak_kdf: bool = False,
         freshness: FreshnessLocation = None,
         clock: Clock = time.time,
-        random: RandomSource = os.urandom,
+        source: Snapshot | None = None,
+        _random: RandomSource = os.urandom,
     ) -> EncryptedStore:
         """Open an encrypted store with a passphrase or a raw key.
 
-        Raises WrongPassphrase when the key material opens no keyslot,
-        StoreNotFound for an empty kvs store, IntegrityError when no valid root
-        exists, and RollbackDetected, ForkDetected or WrongDatabase when the
-        store contradicts the freshness record.
+        ``source``: read keyslots and roots from this snapshot of the store
+        (a reader that pins what it opened).  Raises WrongPassphrase when the
+        key material opens no keyslot, StoreNotFound for an empty kvs store,
+        IntegrityError when no valid root exists, and RollbackDetected,
+        ForkDetected or WrongDatabase when the store contradicts the
+        freshness record.
         """
         credential = Credential(passphrase, key)
-        slots = read_keyslots(kvs_store)
+        reader: Store | Snapshot = kvs_store if source is None else source
+        slots = read_keyslots(reader.get)
         if not slots:
-            if _is_empty(kvs_store):
+            if _is_empty(reader):
                 raise StoreNotFound(f"no encrypted store in {kvs_store.location}")
             raise IntegrityError("the store has rows but no keyslot")
         _, master = unwrap_any(slots, credential, allow_weak=allow_weak_kdf)
-        keys = KeyRing(master)
-        roots = read_roots(kvs_store, keys)
-        valid = [r for r in roots if isinstance(r, RootRecord)]
-        if not valid:
-            raise IntegrityError("the store has no valid root record")
-        root = max(valid, key=lambda r: r.count)
-        if any(isinstance(r, IntegrityError) for r in roots):
-            _log.warning("a root slot of %s is damaged; verify the store", kvs_store.location)
-        path = resolve_location(freshness, kvs_store.location)
+        return cls._opened(
+            kvs_store, reader, KeyRing(master), freshness, clock, _random, allow_weak_kdf
+        )
+
+    def reopen(self, kvs_store: Store, *, freshness: FreshnessLocation = None) -> EncryptedStore:
+        """The same keys over another handle of the same store (say, the writer's
+        after a read-only handle checked the passphrase: no second Argon2 run).
+
+        The keyslots must still open with this key ring's master key.
+        """
+        self.check_open()
+        slots = read_keyslots(kvs_store.get)
+        if not slots:
+            raise StoreNotFound(f"no encrypted store in {kvs_store.location}")
+        return self._opened(
+            kvs_store,
+            kvs_store,
+            self._keys,
+            freshness,
+            self._clock,
+            self._random,
+            self._allow_weak_kdf,
+        )
+
+    @classmethod
+    def _opened(
+        cls,
+        kvs_store: Store,
+        reader: Store | Snapshot,
+        keys: KeyRing,
+        freshness: FreshnessLocation,
+        clock: Clock,
+        _random: RandomSource,
+        allow_weak_kdf: bool,
+    ) -> EncryptedStore:
+        root, previous = choose_root(read_roots(reader.get, keys), kvs_store.location)
+        path = _freshness_path(freshness, kvs_store)
         if path is not None:
             record = FreshnessRecord.load(path)
-            check_freshness(record, root)
+            if record is not None and root.count == record.count + 2 and previous is None:
+                raise ForkDetected(
+                    "the store is two transactions ahead of this machine's record and "
+                    "its other root slot, which would prove the history, is damaged"
+                )
+            check_freshness(record, root, previous)
             if record != FreshnessRecord.of(root):
                 FreshnessRecord.of(root).save(path)
-        store = cls(kvs_store, keys, root, path, clock, random)
-        store.rekey_phase = detect_phase(store)
+        store = cls(kvs_store, keys, root, path, clock, _random, allow_weak_kdf)
+        store.rekey_phase = detect_phase(reader.get, keys)
         if store.rekey_phase is not None:
             _log.warning("a master-key rotation of %s is unfinished", kvs_store.location)
         return store
@@ -212,22 +305,49 @@ class EncryptedStore:
         """The current root record."""
         return self._root
 
-    def reload_root(self) -> RootRecord:
+    @property
+    def version(self) -> int:
+        """The store format of the current root (1 until a v1 store is upgraded)."""
+        return self._root.version
+
+    @property
+    def allow_weak_kdf(self) -> bool:
+        """Whether the store was opened admitting the weak test KDF profile."""
+        return self._allow_weak_kdf
+
+    @property
+    def random(self) -> RandomSource:
+        """The randomness source (os.urandom outside deterministic tests)."""
+        return self._random
+
+    def reload_root(self, source: Getter | None = None) -> RootRecord:
         """Re-read the root slots (a reader following a writer); never go back.
 
-        Raises RollbackDetected when the newest valid root is older than the
-        one this handle already saw.
+        ``source`` reads them (a pinned snapshot's ``get``).  Raises
+        RollbackDetected when the newest valid root is older than the one
+        this handle already saw.
         """
         with self._lock:
             self.check_open()
-            valid = [r for r in read_roots(self.kvs, self._keys) if isinstance(r, RootRecord)]
-            if not valid:
-                raise IntegrityError("the store has no valid root record")
-            root = max(valid, key=lambda r: r.count)
+            get = self.kvs.get if source is None else source
+            root, _ = choose_root(read_roots(get, self._keys), self.kvs.location)
             if root.count < self._root.count:
                 raise RollbackDetected("the store went back to an older root while open")
+            if root.db_id != self._root.db_id:
+                raise IntegrityError("the store now holds another database")
             self._root = root
             return root
+
+    def pin(self) -> Snapshot:
+        """A snapshot of the kvs store exactly at the current root (close it when done).
+
+        Taken under the writer's lock, so no commit is half-way: the snapshot
+        holds the rows of :attr:`root` (for a writable store; a read-only
+        handle's snapshot is whatever the other writer committed last).
+        """
+        with self._lock:
+            self.check_open()
+            return self.kvs.snapshot()
 
     @property
     def keyring(self) -> KeyRing:
@@ -237,7 +357,7 @@ class EncryptedStore:
 
     @property
     def lock(self) -> threading.RLock:
-        """The writer's lock (commits, keyslot changes, rekey, verify)."""
+        """The writer's lock (commits, keyslot changes, rekey, pins)."""
         return self._lock
 
     def check_open(self) -> None:
@@ -282,8 +402,14 @@ class EncryptedStore:
             self._failed = exc
             raise
 
-    def commit(self, batch: WriteBatch, catalog: Mapping[str, bytes]) -> RootRecord:
-        """Write ``batch`` and the next root (with ``catalog``) as one durable batch."""
+    def commit(
+        self, batch: WriteBatch, catalog: Mapping[str, bytes], *, upgrade: bool = False
+    ) -> RootRecord:
+        """Write ``batch`` and the next root (with ``catalog``) as one durable batch.
+
+        A format-v1 store takes one commit only, with ``upgrade=True``: the one
+        that rewrites it as format v2 (docs/format.md "Upgrade from v1").
+        """
         catalog = dict(catalog)
         for name, payload in catalog.items():
             if not isinstance(name, str) or type(payload) is not bytes:
@@ -296,39 +422,39 @@ class EncryptedStore:
                 raise ValueError(f"catalog names are 1..{MAX_DESCRIPTOR} bytes, payloads < 4 GiB")
         with self._lock:
             self.check_writable()
+            if (self._root.version < FORMAT_VERSION) != upgrade:
+                raise ValueError(
+                    "a format-v1 store must be upgraded before it takes commits"
+                    if not upgrade
+                    else "the store is already in the current format"
+                )
             batch.claim(self)
             puts: dict[bytes, bytes] = {}
             deletes: set[bytes] = set()
-            coverage = dict(self._root.coverage)
             for storage_key, (table, plaintext, size) in batch.nodes.items():
                 keys = table.live_keys()
                 if plaintext is not None:
-                    puts.update(seal(keys, RowKind.NODE, storage_key, b"", plaintext, self.random))
+                    puts.update(seal(keys, RowKind.NODE, storage_key, b"", plaintext, self._random))
                 else:
                     deletes.add(storage_key)
                     deletes.update(self._node_chunks(keys, storage_key, size))
             for storage_key, (table, key, value) in batch.rows.items():
                 keys = table.live_keys()
-                cover = coverage.get(keys.descriptor, Coverage())
-                old = None if storage_key in batch.new_rows else self.kvs.get(storage_key)
-                if old is not None:
-                    cover = cover.remove(keys.coverage_element(storage_key, old))
-                    deletes.update(self._old_chunks(keys, RowKind.ROW, storage_key, key, old))
+                if storage_key not in batch.new_rows:
+                    old = self.kvs.get(storage_key)
+                    if old is not None:
+                        deletes.update(self._old_chunks(keys, RowKind.ROW, storage_key, key, old))
                 if value is None:
                     deletes.add(storage_key)
                 else:
-                    rows = seal(keys, RowKind.ROW, storage_key, key, value, self.random)
-                    cover = cover.add(keys.coverage_element(storage_key, rows[0][1]))
-                    puts.update(rows)
-                coverage[keys.descriptor] = cover
-            return self.commit_root(puts, deletes, catalog, coverage)
+                    puts.update(seal(keys, RowKind.ROW, storage_key, key, value, self._random))
+            return self.commit_root(puts, deletes, catalog)
 
     def commit_root(
         self,
         puts: dict[bytes, bytes],
         deletes: Iterable[bytes],
         catalog: Mapping[str, bytes],
-        coverage: Mapping[bytes, Coverage],
         keys: KeyRing | None = None,
         key_epoch: int | None = None,
     ) -> RootRecord:
@@ -340,10 +466,10 @@ class EncryptedStore:
             _timestamp_us(self._clock),
             prev.digest,
             catalog,
-            {d: c for d, c in coverage.items() if c != Coverage()},
+            {},
             prev.key_epoch if key_epoch is None else key_epoch,
         )
-        root_key, root_row = seal_root(keys or self._keys, root, self.random)
+        root_key, root_row = seal_root(keys or self._keys, root, self._random)
         puts[root_key] = root_row
         self.write_raw(puts, deletes)
         self._root = root
@@ -365,11 +491,11 @@ class EncryptedStore:
     def _old_chunks(
         self, keys: TableKeys, kind: RowKind, storage_key: bytes, logical_key: bytes, stored: bytes
     ) -> list[bytes]:
-        """The chunk addresses of a row about to be replaced or deleted."""
+        """The chunk addresses of a row about to be deleted."""
         if not may_be_chunked(len(stored), len(logical_key)):
             return []
         # A head that no longer authenticates cannot say where its chunks are;
-        # they stay behind as orphans that verify_rows reports.
+        # they stay behind as orphans that verify reports.
         try:
             head = open_head(keys, kind, storage_key, stored)
         except IntegrityError:
@@ -382,7 +508,7 @@ class EncryptedStore:
         """What each readable keyslot says about itself (nothing secret)."""
         self.check_open()
         infos = []
-        for index, stored in read_keyslots(self.kvs).items():
+        for index, stored in read_keyslots(self.kvs.get).items():
             try:
                 infos.append(parse_keyslot(index, stored).info)
             except IntegrityError:
@@ -401,7 +527,7 @@ class EncryptedStore:
         credential = Credential(passphrase, key)
         with self._lock:
             self.check_writable()
-            used = read_keyslots(self.kvs)
+            used = read_keyslots(self.kvs.get)
             free = [i for i in range(MAX_KEYSLOTS) if i not in used]
             if not free:
                 raise ValueError(f"all {MAX_KEYSLOTS} keyslots are in use")
@@ -411,7 +537,7 @@ class EncryptedStore:
                 credential,
                 kdf,
                 allow_weak=allow_weak_kdf,
-                random=self.random,
+                random=self._random,
             )
             self.write_raw({keyslot_key(free[0]): row})
             return free[0]
@@ -425,21 +551,25 @@ class EncryptedStore:
         kdf: KdfParams = DEFAULT_KDF,
         allow_weak_kdf: bool = False,
     ) -> int:
-        """Rewrite the keyslot ``old`` opens so that only the new material opens it.
+        """Rewrite the keyslot ``old`` opens so that the new material opens it instead.
 
         ``old`` is a passphrase (str) or a raw key (bytes or key-file path).
         Only that one keyslot row changes; the master key stays, so this does
-        not revoke anyone who already learned it (use :meth:`rekey`).
+        not revoke anyone who already learned it or kept a copy of the old
+        keyslot (a host can put the old row back): use :mod:`.rekey` for that.
+        The old slot is unwrapped under the KDF policy the store was opened with.
         """
         old_credential = Credential(old, None) if isinstance(old, str) else Credential(None, old)
         new_credential = Credential(new_passphrase, new_key)
         with self._lock:
             self.check_writable()
-            index, master = unwrap_any(read_keyslots(self.kvs), old_credential, allow_weak=True)
+            index, master = unwrap_any(
+                read_keyslots(self.kvs.get), old_credential, allow_weak=self._allow_weak_kdf
+            )
             if not self._keys.same_master(master):
                 raise IntegrityError(f"keyslot {index} wraps another master key")
             row = make_keyslot(
-                index, master, new_credential, kdf, allow_weak=allow_weak_kdf, random=self.random
+                index, master, new_credential, kdf, allow_weak=allow_weak_kdf, random=self._random
             )
             self.write_raw({keyslot_key(index): row})
             return index
@@ -448,7 +578,7 @@ class EncryptedStore:
         """Delete keyslot ``index``; the last keyslot cannot be removed."""
         with self._lock:
             self.check_writable()
-            slots = read_keyslots(self.kvs)
+            slots = read_keyslots(self.kvs.get)
             if index not in slots:
                 raise ValueError(f"keyslot {index} is not in use")
             if len(slots) == 1:
@@ -459,36 +589,6 @@ class EncryptedStore:
     def generate_key() -> bytes:
         """A fresh random 32-byte raw key (for example a recovery key)."""
         return os.urandom(32)
-
-    # -- checking and rotation (see verify.py and rekey.py) -------------------
-
-    def verify_rows(
-        self, reachable: Mapping[Table, Iterable[bytes]] | None = None
-    ) -> list[Problem]:
-        """Every problem the ebs can see; see :func:`persist.ebs.verify.verify_rows`."""
-        return verify_rows(self, reachable)
-
-    def rekey(
-        self,
-        passphrase: str | None = None,
-        *,
-        key: KeyArg | None = None,
-        kdf: KdfParams = DEFAULT_KDF,
-        allow_weak_kdf: bool = False,
-        rekeyer: TreeRekeyer | None = None,
-    ) -> RootRecord:
-        """Re-encrypt every row under a new master key; see :mod:`persist.ebs.rekey`."""
-        return rekey(
-            self, Credential(passphrase, key), kdf, allow_weak=allow_weak_kdf, rekeyer=rekeyer
-        )
-
-    def resume_rekey(self, rekeyer: TreeRekeyer | None = None) -> RootRecord:
-        """Finish a rotation a crash interrupted."""
-        return resume_rekey(self, rekeyer)
-
-    def abort_rekey(self) -> None:
-        """Abandon a rotation interrupted in its copy phase."""
-        abort_rekey(self)
 
     def switch_keys(self, keys: KeyRing, root: RootRecord) -> None:
         """Adopt a new key ring after a rotation.  REQUIRES: the lock."""
@@ -529,7 +629,7 @@ class EncryptedStore:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"count={self._root.count}"
+        state = "closed" if self._closed else f"v{self._root.version} count={self._root.count}"
         return f"<EncryptedStore {self.kvs.location!r} {state}>"
 
     def __reduce__(self) -> NoReturn:

@@ -1,10 +1,16 @@
 """Per-table read access and the write batch: what the tree layer talks to.
 
-A :class:`Table` is a handle on one table's subkeys; reading goes straight to
-the kvs store and may happen from any thread, also while a commit runs.  A
-:class:`WriteBatch` only records what a commit should do; nothing is
-encrypted until :meth:`EncryptedStore.commit`, which encrypts each final
-plaintext exactly once.
+A :class:`Table` is a handle on one table's subkeys; reading goes to the kvs
+store, or to a pinned snapshot of it (``source=``), and may happen from any
+thread, also while a commit runs.  A :class:`WriteBatch` only records what a
+commit should do; nothing is encrypted until :meth:`EncryptedStore.commit`,
+which encrypts each final plaintext exactly once.
+
+Rows of kind ROW are written once (format v2): the layer above names each by
+a logical key it never reuses (the root log's generation and index) and
+authenticates its content from the root (a hash chain), so the ebs needs no
+coverage of them; format v1 stores kept count rows that were rewritten in
+place and covered by a digest in the root.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import TYPE_CHECKING
 from ..errors import ClosedError, IntegrityError
 from .keys import NodeId, TableKeys
 from .layout import STORAGE_KEY_SIZE, RowKind
-from .rows import auth_error, missing_error, open_head, read_value
+from .rows import Getter, auth_error, missing_error, open_head, read_value
 
 if TYPE_CHECKING:
     from .store import EncryptedStore
@@ -77,32 +83,54 @@ class Table:
         """The storage key of the mutable row ``key``."""
         return self.live_keys().row_key(_check_bytes("a row key", key))
 
-    def read_node(self, nid: bytes) -> bytes:
-        """The plaintext of node ``nid``; IntegrityError if it is missing or damaged."""
-        value = self._read(RowKind.NODE, _check_node_id(nid), b"")
+    def read_node(
+        self, nid: bytes, source: Getter | None = None, touched: set[bytes] | None = None
+    ) -> bytes:
+        """The plaintext of node ``nid``; IntegrityError if it is missing or damaged.
+
+        ``source`` reads the rows (a snapshot's ``get``; default: the store's).
+        ``touched`` collects the storage keys read (the head and its chunks).
+        """
+        value = self.find_node(nid, source, touched)
         if value is None:
             raise missing_error(RowKind.NODE, bytes(nid))
         return value
 
-    def has_node(self, nid: bytes) -> bool:
-        """Whether a row exists at node ``nid``'s address (no decryption: a hint
-        for reference counting; :meth:`read_node` is what authenticates)."""
-        self.live_keys()
-        return self._store.kvs.get(_check_node_id(nid)) is not None
+    def find_node(
+        self, nid: bytes, source: Getter | None = None, touched: set[bytes] | None = None
+    ) -> bytes | None:
+        """Like :meth:`read_node`, but None when no row is stored at ``nid``."""
+        return self._read(RowKind.NODE, _check_node_id(nid), b"", source, touched)
 
-    def read_row(self, key: bytes) -> bytes | None:
-        """The value of the mutable row ``key``, or None when there is none.
+    def read_row(
+        self, key: bytes, source: Getter | None = None, touched: set[bytes] | None = None
+    ) -> bytes | None:
+        """The value of the row ``key``, or None when there is none.
 
-        The logical key stored inside the row must equal ``key``.  A row rolled
-        back to an older value authenticates here; the root's coverage digest
-        catches it in :meth:`EncryptedStore.verify_rows` (docs/security.md).
+        The logical key stored inside the row must equal ``key``.  Rows are
+        written once; the layer above authenticates their content from the
+        root (the root log's chain).
         """
         storage_key = self.row_key(key)
-        return self._read(RowKind.ROW, storage_key, key)
+        return self._read(RowKind.ROW, storage_key, key, source, touched)
 
-    def _read(self, kind: RowKind, storage_key: bytes, logical_key: bytes) -> bytes | None:
+    def _read(
+        self,
+        kind: RowKind,
+        storage_key: bytes,
+        logical_key: bytes,
+        source: Getter | None = None,
+        touched: set[bytes] | None = None,
+    ) -> bytes | None:
         keys = self.live_keys()
-        get = self._store.kvs.get
+        get = self._store.kvs.get if source is None else source
+        if touched is not None:
+            fetch = get
+
+            def get(k: bytes) -> bytes | None:
+                touched.add(k)
+                return fetch(k)
+
         stored = get(storage_key)
         for _attempt in range(_READ_ATTEMPTS):
             if stored is None:

@@ -289,6 +289,21 @@ class Store(abc.ABC):
             check_value(new)
         return self._compare_and_set(key, expected, new)
 
+    def compact(self) -> None:
+        """Drop what the backend still keeps of deleted and overwritten rows, where it can.
+
+        Called after a master-key rotation (docs/security.md).  The default
+        does nothing; SQLite checkpoints and truncates its WAL (its deleted
+        cells were already zeroed: ``secure_delete``), LevelDB compacts.
+        """
+        self._check_open()
+
+    @property
+    def canonical_location(self) -> str:
+        """One spelling of this store's location for all the ways to name it (a
+        resolved path, a normalized URI): the key of its freshness record."""
+        return self.location
+
     def close(self) -> None:
         """Release the store.  Idempotent; later calls of other methods raise ClosedError."""
         if not self._closed:

@@ -84,6 +84,7 @@ class LevelDBStore(Store):
         self, path: str, *, durable: bool = True, read_only: bool = False, create: bool = True
     ) -> None:
         super().__init__(f"leveldb://{path}", durable=durable, read_only=read_only)
+        self._path = path
         self._inflight = _InFlight()
         self._write_lock = threading.Lock()
         if os.path.exists(path) and not os.path.isdir(path):
@@ -160,8 +161,13 @@ class LevelDBStore(Store):
         Called after a master-key rotation so that rows under the old key leave
         the table and log files (docs/security.md).
         """
+        self._check_open()
         with self._write_lock, self._inflight.enter(self.location), self._translated():
             self._db.compact_range()
+
+    @property
+    def canonical_location(self) -> str:
+        return "leveldb://" + os.path.realpath(self._path)
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:

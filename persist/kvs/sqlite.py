@@ -328,6 +328,22 @@ class SQLiteStore(Store):
                     raise self._error(exc) from exc
                 raise
 
+    def compact(self) -> None:
+        """Checkpoint the WAL into the database file and truncate it (contract: base)."""
+        self._check_open()
+        with self._write_lock:
+            conn = self._writer
+            if conn is None:
+                return
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except apsw.Error as exc:
+                raise self._error(exc) from exc
+
+    @property
+    def canonical_location(self) -> str:
+        return "sqlite://" + os.path.realpath(self._path)
+
     def _error(self, exc: apsw.Error) -> PersistError:
         if self._closed:
             return ClosedError(f"store {self.location} is closed")

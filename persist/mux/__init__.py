@@ -4,14 +4,16 @@ See the theory of operation in :mod:`persist.mux.multiplexer`.
 """
 
 from .multiplexer import AtomicBlock, Metrics, Multiplexer, MuxConfig
-from .wave import Changes, Wave, WaveState, WaveStore, merge_pending
+from .wave import Changes, CommittedState, StaleState, Wave, WaveState, WaveStore, merge_pending
 
 __all__ = [
     "AtomicBlock",
     "Changes",
+    "CommittedState",
     "Metrics",
     "Multiplexer",
     "MuxConfig",
+    "StaleState",
     "Wave",
     "WaveState",
     "WaveStore",

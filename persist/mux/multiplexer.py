@@ -11,7 +11,12 @@ durable batch.  Numbered rules (docs/design.md repeats them):
 1. **Order.** Waves commit in number order.  The serialization order of all
    writes is (wave number, order of the writes within the wave); every reader
    sees that one order.  Reads look at the waves newest first, then at the
-   committed state, and never wait for a commit in flight.
+   committed state, and never wait for a commit in flight.  The pending
+   waves and the committed state they lie over are published as ONE pair
+   (the *view*), swapped by one reference assignment after each commit, so
+   a ``get``, a ``len`` and a whole iteration each see one state: a prefix
+   of the waves over one committed state (``len`` and a scan copy the
+   pending changes of their table under the lock, so that prefix is exact).
 2. **Queue.** The queue holds every wave not yet durable; its newest wave is
    OPEN, all others are CLOSING or being committed.  Plain writes go to the
    newest wave.
@@ -71,7 +76,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from ..errors import ClosedError, CommitFailed
-from .wave import Wave, WaveState, WaveStore, merge_pending
+from .wave import CommittedState, StaleState, Wave, WaveState, WaveStore, merge_pending
 
 __all__ = ["AtomicBlock", "Metrics", "Multiplexer", "MuxConfig"]
 
@@ -164,7 +169,9 @@ class Multiplexer:
         self.config = config or MuxConfig()
         self._cond = threading.Condition()
         self._waves: deque[Wave] = deque([Wave(1)])
-        self._overlay: tuple[Wave, ...] = tuple(self._waves)  # readers' lock-free view
+        # Readers' lock-free view: the waves not yet durable, over the
+        # committed state they lie on (rule 1), swapped as one reference.
+        self._view: tuple[tuple[Wave, ...], CommittedState] = (tuple(self._waves), store.state())
         self._next_number = 2
         self._poison: BaseException | None = None
         self._closing = False
@@ -249,7 +256,7 @@ class Multiplexer:
         newest.state = WaveState.CLOSING
         self._waves.append(Wave(self._next_number))
         self._next_number += 1
-        self._overlay = tuple(self._waves)
+        self._view = (tuple(self._waves), self._view[1])
         self._cond.notify_all()
 
     # -- atomic blocks -----------------------------------------------------------
@@ -359,11 +366,35 @@ class Multiplexer:
 
     def get(self, table: str, key: bytes) -> bytes | None:
         """The newest value of ``key``: waves newest first, then committed (rule 1)."""
-        for wave in reversed(self._overlay):
-            found, value = wave.lookup(table, key)
-            if found:
-                return value
-        return self._store.get(table, key)
+        while True:
+            waves, state = self._view
+            for wave in reversed(waves):
+                found, value = wave.lookup(table, key)
+                if found:
+                    return value
+            try:
+                return state.get(table, key)
+            except StaleState:  # retired under the read: the newer view has it
+                continue
+
+    def _pending(
+        self, table: str, start: bytes | None = None, stop: bytes | None = None
+    ) -> tuple[dict[bytes, bytes | None], CommittedState]:
+        """The changes of ``table`` in ``[start, stop)`` the waves hold, newest winning,
+        and the state they lie over: one exact prefix of the waves (under the lock)."""
+        pending: dict[bytes, bytes | None] = {}
+        with self._cond:
+            waves, state = self._view
+            for wave in waves:  # oldest first, so newer waves win
+                tab = wave.changes.get(table)
+                if tab:
+                    if start is None and stop is None:
+                        pending.update(tab)
+                    else:
+                        for k, v in tab.items():
+                            if (start is None or k >= start) and (stop is None or k < stop):
+                                pending[k] = v
+        return pending, state
 
     def scan(
         self,
@@ -372,32 +403,37 @@ class Multiplexer:
         stop: bytes | None = None,
         reverse: bool = False,
     ) -> Iterator[tuple[bytes, bytes]]:
-        """Merged ``(key, value)`` pairs of the waves and the committed state."""
-        pending: dict[bytes, bytes | None] = {}
-        for wave in self._overlay:  # oldest first, so newer waves win
-            tab = wave.changes.get(table)
-            if tab:
-                for k, v in tab.copy().items():  # dict.copy is atomic under the GIL
-                    if (start is None or k >= start) and (stop is None or k < stop):
-                        pending[k] = v
-        committed = self._store.scan(table, start, stop, reverse)
+        """Merged ``(key, value)`` pairs of the waves and the committed state.
+
+        The whole iteration sees the one view it started from (rule 1): the
+        pending changes are copied and the committed state pinned when the
+        iteration begins, so later writes, and commits landing meanwhile,
+        change nothing it yields.
+        """
+        while True:
+            pending, state = self._pending(table, start, stop)
+            try:
+                committed = state.scan(table, start, stop, reverse)
+            except StaleState:
+                continue
+            break
         if not pending:
-            yield from committed
-            return
-        yield from merge_pending(committed, sorted(pending.items(), reverse=reverse), reverse)
+            return committed
+        return merge_pending(committed, sorted(pending.items(), reverse=reverse), reverse)
 
     def count(self, table: str) -> int:
-        """Entries of ``table``: the committed count adjusted by the pending waves."""
-        final: dict[bytes, bytes | None] = {}
-        for wave in self._overlay:
-            tab = wave.changes.get(table)
-            if tab:
-                final.update(tab.copy())
-        n = self._store.count(table)
-        for key, value in final.items():
-            before = self._store.get(table, key) is not None
-            n += (value is not None) - before
-        return n
+        """Entries of ``table``: the committed count with the pending changes over it.
+
+        Costs a tree look-up per pending key of the table (nothing when
+        nothing is pending): docs/api.md.
+        """
+        while True:
+            pending, state = self._pending(table)
+            changes = [(k, pending[k] is not None) for k in sorted(pending)]
+            try:
+                return state.count(table, changes)
+            except StaleState:
+                continue
 
     # -- hooks and metrics -------------------------------------------------------
 
@@ -531,10 +567,11 @@ class Multiplexer:
                 self._hook_wave = None
 
     def _finish(self, wave: Wave, elapsed: float) -> None:
+        state = self._store.state()
         with self._cond:
             assert self._waves[0] is wave
             self._waves.popleft()
-            self._overlay = tuple(self._waves)
+            self._view = (tuple(self._waves), state)
             wave.state = WaveState.DONE
             self._last_end = time.monotonic()
             # Those who waited on this wave will likely be back: the next wave
@@ -547,6 +584,7 @@ class Multiplexer:
             self._commit_last = elapsed
             self._commit_max = max(self._commit_max, elapsed)
             self._cond.notify_all()
+        self._store.published()
         wave.future.set_result(None)
         # Rule 11: wake one waiter; it wakes the next.  No waker joins a
         # wave that left the queue, so the chain's length is fixed now.
@@ -568,7 +606,7 @@ class Multiplexer:
                 wave.state = WaveState.DONE
             self._waves = deque([Wave(self._next_number)])
             self._next_number += 1
-            self._overlay = ()
+            self._view = ((), self._store.state())
             self._cond.notify_all()
         error = CommitFailed(f"commit failed: {exc!r}")
         error.__cause__ = exc

@@ -20,7 +20,15 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from typing import Protocol
 
-__all__ = ["Changes", "Wave", "WaveState", "WaveStore", "merge_pending"]
+__all__ = [
+    "Changes",
+    "CommittedState",
+    "StaleState",
+    "Wave",
+    "WaveState",
+    "WaveStore",
+    "merge_pending",
+]
 
 #: A wave's content: table name -> key -> new value, ``None`` for a delete.
 Changes = dict[str, dict[bytes, bytes | None]]
@@ -145,6 +153,38 @@ class Wave:
         )
 
 
+class StaleState(Exception):
+    """A read met a committed state that was retired meanwhile: read the newer one.
+
+    Raised by a :class:`CommittedState` read only before it returned anything
+    (a point read, or a scan or count before its first result); the
+    multiplexer then takes its newest view and reads again.  Never reaches
+    the application.
+    """
+
+
+class CommittedState(Protocol):
+    """One committed state, immutable: every read of it sees that one state.
+
+    Reads may run in any thread, never wait for a commit, and are never broken
+    by one: a state keeps what it needs readable while a read is in flight.
+    """
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        """The committed value of ``key`` (None: absent).  May raise StaleState."""
+
+    def scan(
+        self, table: str, start: bytes | None, stop: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, value)`` pairs with ``start <= key < stop`` in order.  StaleState
+        only before the first pair."""
+
+    def count(self, table: str, pending: list[tuple[bytes, bool]] | None = None) -> int:
+        """Entries of ``table`` once ``pending`` is laid over it: ascending keys, each
+        True if set, False if deleted (keys the state holds count once).
+        StaleState is possible."""
+
+
 class WaveStore(Protocol):
     """What the multiplexer commits into: the committed, durable state.
 
@@ -153,25 +193,21 @@ class WaveStore(Protocol):
     """
 
     def commit_wave(self, number: int, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> None:
-        """Make ``changes`` durable as one atomic batch, then visible to readers.
+        """Make ``changes`` durable as one atomic batch; :meth:`state` then shows them.
 
-        Called only from the persistence thread, once per wave, in wave order.
-        On return the wave is durable and :meth:`get` and :meth:`scan` see it.
-        On an exception nothing of it may be visible to readers of this
-        process; whether it reached the disk is unknown (the multiplexer then
-        poisons the database).
+        Called only from the committing thread, once per wave, in wave order.
+        On an exception nothing of it may be visible through :meth:`state`;
+        whether it reached the disk is unknown (the multiplexer then poisons
+        the database).
         """
 
-    def get(self, table: str, key: bytes) -> bytes | None:
-        """The committed value, read without waiting for a commit in flight."""
+    def state(self) -> CommittedState:
+        """The newest committed state."""
 
-    def scan(
-        self, table: str, start: bytes | None, stop: bytes | None, reverse: bool
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """Committed ``(key, value)`` pairs with ``start <= key < stop`` in order."""
-
-    def count(self, table: str) -> int:
-        """The number of committed entries of ``table``."""
+    def published(self) -> None:
+        """The multiplexer now shows readers the newest :meth:`state` (with the waves
+        still pending over it): states it superseded may be retired once the reads
+        in flight on them are done."""
 
     def close(self) -> None:
         """Release the store; called once, after the last commit."""

@@ -10,9 +10,10 @@ encrypts nothing.
 from __future__ import annotations
 
 import struct
+import weakref
 from collections.abc import Iterator, Mapping
 
-from ..kvs.base import Store
+from ..kvs.base import Snapshot, Store
 
 __all__ = ["PlainWaveStore"]
 
@@ -30,10 +31,45 @@ def _increment(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
+class _PlainState:
+    """One committed state: a pinned snapshot of the store, closed when unreferenced."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        weakref.finalize(self, snapshot.close)
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        return self.snapshot.get(_prefix(table) + key)
+
+    def scan(
+        self, table: str, start: bytes | None, stop: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        p = _prefix(table)
+        lo = p + (start or b"")
+        hi = p + stop if stop is not None else _increment(p)
+        items = [(k[len(p) :], v) for k, v in self.snapshot.scan(lo, hi)]
+        if reverse:
+            items.reverse()
+        return iter(items)
+
+    def count(self, table: str, pending: list[tuple[bytes, bool]] | None = None) -> int:
+        n = sum(1 for _ in self.scan(table, None, None, False))
+        for key, present in pending or ():
+            n += present - (self.get(table, key) is not None)
+        return n
+
+
 class PlainWaveStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.waves_seen: list[int] = []
+        self._state = _PlainState(store.snapshot())
+
+    def state(self) -> _PlainState:
+        return self._state
+
+    def published(self) -> None:
+        pass  # states close their snapshots when no reader holds them
 
     def commit_wave(self, number: int, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> None:
         puts: list[tuple[bytes, bytes]] = []
@@ -47,6 +83,7 @@ class PlainWaveStore:
                     puts.append((p + key, value))
         self.store.write(puts, deletes)
         self.waves_seen.append(number)
+        self._state = _PlainState(self.store.snapshot())
 
     def get(self, table: str, key: bytes) -> bytes | None:
         return self.store.get(_prefix(table) + key)
@@ -67,4 +104,5 @@ class PlainWaveStore:
         return sum(1 for _ in self.scan(table, None, None, False))
 
     def close(self) -> None:
+        self._state.snapshot.close()
         self.store.close()

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from persist.btree import MemoryNodeStore, NodeId
 from persist.btree.node import (
+    Blob,
     Internal,
     Leaf,
     children_of,
@@ -49,6 +50,9 @@ def assert_exact(store: MemoryNodeStore, roots: Iterable[NodeId | None]) -> None
     counts = expected_counts(store, roots)
     assert set(store.objects) == set(counts), "leaked or dangling objects"
     assert store.count_rows == {nid: n for nid, n in counts.items() if n > 1}
+    if store.index_only:  # every blob counted, exactly
+        blobs = {nid for nid, data in store.objects.items() if isinstance(decode_node(data), Blob)}
+        assert store.blob_counts == {nid: counts[nid] for nid in blobs}
 
 
 def put(store: MemoryNodeStore, data: bytes) -> NodeId:

@@ -187,3 +187,14 @@ def test_cache_decodes_encoded_nodes_once_when_first_read() -> None:
     cache.put_encoded(b, data)
     cache.put_encoded(c, data)  # evicts a, the least recently used, encoded or not
     assert cache.get(a) is None and cache.get(c) == first
+
+
+def test_retain_is_refused_by_an_index_only_store() -> None:
+    """Two versions share nodes a batch never reads, which only a full count can track."""
+    from persist.btree import MemoryNodeStore, apply_batch, retain
+
+    store = MemoryNodeStore(index_only=True)
+    root, update = apply_batch(store, None, [(b"k", b"v")])
+    store.apply(update)
+    with pytest.raises(ValueError, match="retained versions"):
+        retain(store, root)

@@ -49,7 +49,7 @@ def restore(kvs: Store, rows: dict[bytes, bytes]) -> None:
 
 
 def seeded(seed: int) -> Any:
-    """A deterministic randomness source for ``random=``."""
+    """A deterministic randomness source for ``_random=``."""
     rng = _random.Random(seed)
     return rng.randbytes
 

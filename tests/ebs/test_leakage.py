@@ -11,6 +11,7 @@ import pytest
 
 from persist.ebs import EncryptedStore
 from persist.ebs.keyslot import Credential
+from persist.ebs.verify import check_store
 from persist.errors import PersistError
 from persist.kvs import open_store
 from persist.kvs.base import Store
@@ -106,7 +107,7 @@ def test_no_key_material_in_exceptions_logs_or_repr(
         reopen(mem).table(b"tree:t").read_row(b"k")
     errors.append(info.value)
     texts += [f"{e!s} {e!r} {e.args!r}" for e in errors]
-    texts += [str(p) for p in reopen(mem).verify_rows({})]
+    texts += [str(p) for p in check_store(reopen(mem))]
     texts += [r.getMessage() for r in caplog.records]
     blob = "\n".join(texts).encode()
     for secret in _secrets(ebs, raw_key):

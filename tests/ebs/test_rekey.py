@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,16 @@ import pytest
 from persist.ebs import EncryptedStore, RekeyTarget, Table
 from persist.ebs.keyslot import keyslot_key
 from persist.ebs.layout import CHUNK_SIZE
-from persist.errors import ClosedError, CommitFailed, PersistError, StoreIOError, WrongPassphrase
+from persist.ebs.rekey import abort_rekey, rekey, resume_rekey
+from persist.ebs.verify import check_store
+from persist.errors import (
+    ClosedError,
+    CommitFailed,
+    PersistError,
+    RotationUnfinished,
+    StoreIOError,
+    WrongPassphrase,
+)
 from persist.kvs.base import Store
 from persist.kvs.memory import MemoryStore
 
@@ -39,11 +49,20 @@ class ToyRekeyer:
     def handles(self, descriptor: bytes) -> bool:
         return descriptor.startswith(b"tree:")
 
-    def rekey_table(
-        self, descriptor: bytes, payload: bytes | None, old: Table, new: RekeyTarget
-    ) -> bytes | None:
-        if payload is None:
-            return None
+    def rekey_tables(
+        self,
+        catalog: Mapping[str, bytes],
+        old: Callable[[bytes], Table],
+        new: Callable[[bytes], RekeyTarget],
+    ) -> dict[str, bytes]:
+        out = {}
+        for name, payload in catalog.items():
+            if name.startswith("tree:"):
+                desc = name.encode()
+                out[name] = self.rekey_table(payload, old(desc), new(desc))
+        return out
+
+    def rekey_table(self, payload: bytes, old: Table, new: RekeyTarget) -> bytes:
         done: dict[bytes, bytes] = {}
 
         def copy(nid: bytes) -> bytes:
@@ -64,7 +83,7 @@ class ToyRekeyer:
 
 
 def _build(kvs: Store, with_tree: bool = True, **kw: Any) -> EncryptedStore:
-    ebs = create(kvs, random=seeded(7), **kw)
+    ebs = create(kvs, _random=seeded(7), **kw)
     meta, tree = ebs.table(b"meta"), ebs.table(b"tree:t")
     batch = ebs.batch()
     for key, value in ROWS.items():
@@ -95,6 +114,15 @@ def _reachable(ebs: EncryptedStore) -> dict[Table, list[bytes]]:
     return {tree: [root_id, *(root[i : i + 32] for i in range(1, len(root), 32))]}
 
 
+def _rows(ebs: EncryptedStore, with_tree: bool = True) -> dict[Table, list[bytes]]:
+    meta = ebs.table(b"meta")
+    rows = {meta: [k for k in [*ROWS, b"late"] if meta.read_row(k) is not None]}
+    if with_tree:
+        tree = ebs.table(b"tree:t")
+        rows[tree] = [tree.node_id(_leaf(b"x"))]
+    return rows
+
+
 def _assert_intact(ebs: EncryptedStore, with_tree: bool = True, mid_rotation: bool = False) -> None:
     meta = ebs.table(b"meta")
     assert {k: meta.read_row(k) for k in ROWS} == ROWS
@@ -103,21 +131,21 @@ def _assert_intact(ebs: EncryptedStore, with_tree: bool = True, mid_rotation: bo
         assert _tree_leaves(ebs) == [_leaf(b"x"), _leaf(b"y"), _leaf(BIG), _leaf(b"x")]
         tree = ebs.table(b"tree:t")
         assert tree.read_row(tree.node_id(_leaf(b"x"))) == b"\x02"
-        problems = ebs.verify_rows(_reachable(ebs))
+        problems = check_store(ebs, _reachable(ebs), _rows(ebs))
         if mid_rotation:  # the journal and the partial new copy, nothing else
             assert {p.kind for p in problems} <= {"journal", "orphan"}
             assert "journal" in {p.kind for p in problems}
         else:
             assert problems == []
     else:
-        assert ebs.verify_rows({}) == []
+        assert check_store(ebs, rows=_rows(ebs, with_tree=False)) == []
 
 
 def test_rekey_of_mutable_rows(kvs: Store, fresh_path: Path) -> None:
     ebs = _build(kvs, with_tree=False, freshness=fresh_path)
     old_table = ebs.table(b"meta")
     before, count, digest = snapshot(kvs), ebs.root.count, ebs.root.digest
-    root = ebs.rekey(NEW, kdf=WEAK, allow_weak_kdf=True)
+    root = rekey(ebs, NEW, kdf=WEAK, allow_weak_kdf=True)
     assert (root.count, root.prev_digest, root.key_epoch) == (count + 1, digest, 1)
     after = snapshot(kvs)
     assert before.keys() & after.keys() == {keyslot_key(0)}  # every row moved
@@ -136,7 +164,7 @@ def test_rekey_refuses_to_lose_nodes(mem: Store) -> None:
     ebs = _build(mem)
     before = snapshot(mem)
     with pytest.raises(ValueError, match="rekeyer"):
-        ebs.rekey(NEW, kdf=WEAK, allow_weak_kdf=True)
+        rekey(ebs, NEW, kdf=WEAK, allow_weak_kdf=True)
     assert snapshot(mem) == before
     _assert_intact(ebs)
 
@@ -145,7 +173,7 @@ def test_rekey_with_the_tree_hook(mem: Store) -> None:
     ebs = _build(mem)
     old_root_id = ebs.root.catalog["tree:t"]
     rows_before = len(snapshot(mem))
-    ebs.rekey(NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer())
+    rekey(ebs, NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer())
     assert ebs.root.catalog["tree:t"] != old_root_id
     assert len(snapshot(mem)) == rows_before
     _assert_intact(ebs)
@@ -156,16 +184,16 @@ def test_a_rekeyer_that_drops_rows_is_refused_before_the_switch(mem: Store) -> N
     ebs = _build(mem)
     before = snapshot(mem)
     with pytest.raises(PersistError, match="copied 0 of 1 rows"):
-        ebs.rekey(NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer(drop_rows=True))
+        rekey(ebs, NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer(drop_rows=True))
     assert ebs.rekey_phase == "copy"
-    ebs.abort_rekey()
+    abort_rekey(ebs)
     assert snapshot(mem) == before
     _assert_intact(reopen(mem))
 
 
 def _count_writes() -> int:
     probe = FailingStore(MemoryStore(), fail_at=10**9)
-    _build(probe).rekey(NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer())
+    rekey(_build(probe), NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer())
     return probe.writes - 2  # minus create and the first commit
 
 
@@ -180,7 +208,7 @@ def test_a_crash_at_any_write_of_a_rekey_is_recoverable(crash_at: int) -> None:
     ebs = _build(faulty)
     faulty.fail_at = faulty.writes + crash_at
     with pytest.raises(StoreIOError):
-        ebs.rekey(NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer())
+        rekey(ebs, NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer())
     with pytest.raises(CommitFailed):
         ebs.commit(ebs.batch(), {})
     try:
@@ -191,10 +219,13 @@ def test_a_crash_at_any_write_of_a_rekey_is_recoverable(crash_at: int) -> None:
         assert survivor.rekey_phase in ("copy", None)
     if survivor.rekey_phase != "cleanup":  # the old side is whole until the switch
         _assert_intact(survivor, mid_rotation=survivor.rekey_phase == "copy")
+    if survivor.rekey_phase == "copy":  # resuming the copy needs the new passphrase
+        with pytest.raises(RotationUnfinished, match="new passphrase"):
+            resume_rekey(survivor, ToyRekeyer())
     if survivor.rekey_phase is not None:
-        survivor.resume_rekey(ToyRekeyer())
+        resume_rekey(survivor, ToyRekeyer(), NEW)
     if survivor.root.key_epoch == 0:  # crashed before the journal: rotate again
-        survivor.rekey(NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer())
+        rekey(survivor, NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer())
     _assert_intact(survivor)
     final = reopen(inner, NEW)
     assert final.root.key_epoch == 1 and final.rekey_phase is None
@@ -208,30 +239,45 @@ def test_commits_during_an_interrupted_copy_survive_the_resume(mem: Store) -> No
     ebs = _build(faulty)
     faulty.fail_at = faulty.writes + 3  # journal and the first copy batch land
     with pytest.raises(StoreIOError):
-        ebs.rekey(NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer())
+        rekey(ebs, NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer())
     survivor = reopen(inner)
     assert survivor.rekey_phase == "copy"
     batch = survivor.batch()
     batch.put_row(survivor.table(b"meta"), b"late", b"written meanwhile")
     batch.delete_row(survivor.table(b"meta"), b"a")
     survivor.commit(batch, dict(survivor.root.catalog))
-    survivor.resume_rekey(ToyRekeyer())
+    resume_rekey(survivor, ToyRekeyer(), NEW)
     final = reopen(inner, NEW)
     meta = final.table(b"meta")
     assert meta.read_row(b"late") == b"written meanwhile" and meta.read_row(b"a") is None
-    assert final.verify_rows(_reachable(final)) == []
+    assert check_store(final, _reachable(final), _rows(final)) == []
+
+
+def test_abort_without_the_new_passphrase_deletes_the_partial_copy(mem: Store) -> None:
+    inner = MemoryStore()
+    faulty = FailingStore(inner, fail_at=10**9)
+    ebs = _build(faulty)
+    before = snapshot(inner)
+    faulty.fail_at = faulty.writes + 3  # the journal and the first copy batch land
+    with pytest.raises(StoreIOError):
+        rekey(ebs, NEW, kdf=WEAK, allow_weak_kdf=True, rekeyer=ToyRekeyer())
+    survivor = reopen(inner)
+    assert survivor.rekey_phase == "copy" and len(snapshot(inner)) > len(before) + 1
+    abort_rekey(survivor)
+    assert snapshot(inner) == before
+    _assert_intact(reopen(inner))
 
 
 def test_resume_and_abort_need_a_rotation(mem: Store) -> None:
     ebs = create(mem)
     with pytest.raises(ValueError):
-        ebs.resume_rekey()
+        resume_rekey(ebs, None)
     with pytest.raises(ValueError):
-        ebs.abort_rekey()
+        abort_rekey(ebs)
 
 
 def test_rekey_to_a_raw_key(mem: Store) -> None:
     ebs = _build(mem, with_tree=False)
     key = os.urandom(32)
-    ebs.rekey(key=key)
+    rekey(ebs, key=key)
     _assert_intact(EncryptedStore.open(mem, key=key, freshness=False), with_tree=False)

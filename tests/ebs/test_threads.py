@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from persist.ebs.layout import CHUNK_SIZE
+from persist.ebs.verify import check_store
 from persist.kvs.base import Store
 
 from .conftest import create
@@ -56,7 +57,9 @@ def test_concurrent_reads_during_commits(kvs: Store) -> None:
         thread.join()
     assert failures == []
     assert ebs.root.count == 21
-    assert ebs.verify_rows(None) == []
+    rows = [b"row %d" % i for i in range(50)]
+    nodes = [*stable.values(), *(table.node_id(b"extra %d" % r) for r in range(20))]
+    assert check_store(ebs, {table: nodes}, {table: rows}) == []
 
 
 def test_reads_of_a_chunked_row_that_a_commit_rewrites(mem: Store) -> None:
