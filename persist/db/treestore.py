@@ -615,11 +615,15 @@ class TreeWaveStore:
         return catalog
 
     def fold(self) -> None:
-        """Commit the root log into the trees now (REQUIRES: the writer's thread)."""
+        """Commit the root log into the trees now (REQUIRES: no commit meanwhile).
+
+        The logical content does not change, so the multiplexer may go on
+        showing the state it has: the superseded trees stay readable until
+        its next commit publishes and retires them.
+        """
         state = self._state
         if state.log.segments:
             self._fold(state, {})
-            self.published()
 
     # -- the format-v1 upgrade ---------------------------------------------------
 

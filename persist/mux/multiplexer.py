@@ -75,7 +75,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from ..errors import ClosedError, CommitFailed
+from ..errors import ClosedError, CommitFailed, IntegrityError
 from .wave import CommittedState, StaleState, Wave, WaveState, WaveStore, merge_pending
 
 __all__ = ["AtomicBlock", "Metrics", "Multiplexer", "MuxConfig"]
@@ -366,8 +366,12 @@ class Multiplexer:
 
     def get(self, table: str, key: bytes) -> bytes | None:
         """The newest value of ``key``: waves newest first, then committed (rule 1)."""
+        seen = None
         while True:
-            waves, state = self._view
+            view = self._view
+            _check_newer(view, seen)
+            seen = view
+            waves, state = view
             for wave in reversed(waves):
                 found, value = wave.lookup(table, key)
                 if found:
@@ -378,13 +382,20 @@ class Multiplexer:
                 continue
 
     def _pending(
-        self, table: str, start: bytes | None = None, stop: bytes | None = None
-    ) -> tuple[dict[bytes, bytes | None], CommittedState]:
+        self,
+        table: str,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        seen: object = None,
+    ) -> tuple[dict[bytes, bytes | None], CommittedState, object]:
         """The changes of ``table`` in ``[start, stop)`` the waves hold, newest winning,
-        and the state they lie over: one exact prefix of the waves (under the lock)."""
+        the state they lie over (one exact prefix of the waves, under the lock),
+        and the view they came from."""
         pending: dict[bytes, bytes | None] = {}
         with self._cond:
-            waves, state = self._view
+            view = self._view
+            _check_newer(view, seen)
+            waves, state = view
             for wave in waves:  # oldest first, so newer waves win
                 tab = wave.changes.get(table)
                 if tab:
@@ -394,7 +405,7 @@ class Multiplexer:
                         for k, v in tab.items():
                             if (start is None or k >= start) and (stop is None or k < stop):
                                 pending[k] = v
-        return pending, state
+        return pending, state, view
 
     def scan(
         self,
@@ -410,8 +421,9 @@ class Multiplexer:
         iteration begins, so later writes, and commits landing meanwhile,
         change nothing it yields.
         """
+        seen = None
         while True:
-            pending, state = self._pending(table, start, stop)
+            pending, state, seen = self._pending(table, start, stop, seen)
             try:
                 committed = state.scan(table, start, stop, reverse)
             except StaleState:
@@ -427,8 +439,9 @@ class Multiplexer:
         Costs a tree look-up per pending key of the table (nothing when
         nothing is pending): docs/api.md.
         """
+        seen = None
         while True:
-            pending, state = self._pending(table)
+            pending, state, seen = self._pending(table, seen=seen)
             changes = [(k, pending[k] is not None) for k in sorted(pending)]
             try:
                 return state.count(table, changes)
@@ -615,6 +628,12 @@ class Multiplexer:
             wave.future.set_exception(error)
             wave.wake_all()
         self._finish_chains()
+
+
+def _check_newer(view: object, seen: object) -> None:
+    """A read retried after StaleState must find a newer view (or it would spin)."""
+    if view is seen:
+        raise IntegrityError("a retired committed state is still the published one")
 
 
 class AtomicBlock:
