@@ -50,13 +50,13 @@ class RangeView:
         return t._db._access.scan(t.name, lo, hi, reverse)
 
     def _iterate(self, reverse: bool) -> Iterator[Any]:
-        return chain.from_iterable(self._decoded_runs(reverse))
+        # The state is taken now, when the iterator is made, not at its first item.
+        return chain.from_iterable(self._decoded_runs(self._pairs(reverse)))
 
-    def _decoded_runs(self, reverse: bool) -> Iterator[Iterable[Any]]:
+    def _decoded_runs(self, pairs: Iterator[tuple[bytes, bytes]]) -> Iterator[Iterable[Any]]:
         """Yield the entries run by run, each run decoded by C-level loops."""
         decode_values = self._table._db._codec.decode_many
         part = self._part
-        pairs = self._pairs(reverse)
         size = _RUN_FIRST
         while True:
             run = list(islice(pairs, size))
@@ -152,6 +152,21 @@ class Table(MutableMapping[Any, Any]):
         self, start: Any = None, stop: Any = None, *, reverse: bool = False
     ) -> RangeView:
         return RangeView(self, "items", start, stop, reverse)
+
+    async def aset(self, key: Any, value: Any) -> None:
+        """``t[key] = value`` for asyncio: waits for room without blocking the loop."""
+        await self._db._writer().await_room()
+        self[key] = value
+
+    async def adelete(self, key: Any) -> None:
+        """``del t[key]`` for asyncio (NotFound when absent)."""
+        await self._db._writer().await_room()
+        del self[key]
+
+    async def aupdate(self, items: Any = (), /, **kw: Any) -> None:
+        """``t.update(...)`` for asyncio: one wait for room, then the writes."""
+        await self._db._writer().await_room()
+        self.update(items, **kw)
 
     def clear(self) -> None:
         """Delete every entry, in one atomic block."""

@@ -278,6 +278,8 @@ class Multiplexer:
                 self._wait_for_room()
             wave = self._waves[-1]
             wave.open_blocks += 1
+            me = threading.get_ident()
+            wave.block_threads[me] = wave.block_threads.get(me, 0) + 1
         return _current_block.set(_Block(self, wave))
 
     def _exit_block(self, token: contextvars.Token[_Block | None] | None) -> None:
@@ -289,6 +291,12 @@ class Multiplexer:
         with self._cond:
             blk.active = False
             blk.wave.open_blocks -= 1
+            owner = blk.owner[0]
+            left = blk.wave.block_threads[owner] - 1
+            if left:
+                blk.wave.block_threads[owner] = left
+            else:
+                del blk.wave.block_threads[owner]
             if blk.wave.open_blocks == 0 and blk.wave.state is WaveState.CLOSING:
                 self._cond.notify_all()  # rule 3: the last block's end seals the wave
         _current_block.reset(token)
@@ -302,6 +310,17 @@ class Multiplexer:
             self._check_writable()
             self._wait_for_room()
 
+    async def await_room(self) -> None:
+        """Wait, without blocking the event loop, until a plain write would not block.
+
+        Back-pressure (rule 5) makes a plain write block its thread while too
+        many sealed waves queue up; a coroutine that writes a lot awaits this
+        first (``Table.aset`` and friends do), or writes inside
+        ``async with db.atomic()``, whose writes never block.
+        """
+        if not self._room_available():
+            await asyncio.to_thread(self._block_until_room)
+
     # -- commit-wait -------------------------------------------------------------
 
     def commit_wait(self, timeout: float | None = None) -> None:
@@ -313,7 +332,7 @@ class Multiplexer:
         """
         waker = threading.Lock()
         waker.acquire()
-        wave = self._request_wait(waker)
+        wave = self._request_wait(waker, blocking=True)
         if wave is None:
             return
         try:
@@ -339,18 +358,36 @@ class Multiplexer:
             except CommitFailed as exc:
                 raise CommitFailed(str(exc)) from exc.__cause__
 
-    def _request_wait(self, waker: threading.Lock | None) -> Wave | None:
-        """The wave to wait for (None: nothing pending); ``waker`` joins its wakers."""
+    def _request_wait(self, waker: threading.Lock | None, *, blocking: bool = False) -> Wave | None:
+        """The wave to wait for (None: nothing pending); ``waker`` joins its wakers.
+
+        ``blocking``: the caller will block its thread.  On a thread that runs
+        an event loop that deadlocks when another task of the loop has an
+        atomic block open in a wave the caller would wait for (the task can
+        never run to close it): RuntimeError instead.
+        """
         blk = _current_block.get()
         if blk is not None and blk.binds(self):
             raise RuntimeError("commit_wait inside an atomic block would wait for itself")
         if threading.current_thread() is self._thread:
             raise RuntimeError("commit_wait in a commit hook would wait for itself")
+        loop_thread = blocking and asyncio._get_running_loop() is not None
         with self._cond:
             self._check_poison()
             target = next((w for w in reversed(self._waves) if not w.empty), None)
             if target is None:
                 return None
+            if loop_thread:
+                me = threading.get_ident()
+                for wave in self._waves:
+                    if me in wave.block_threads:
+                        raise RuntimeError(
+                            "commit_wait() in a coroutine would deadlock: another task of "
+                            "this event loop has an atomic block open; use "
+                            "await db.acommit_wait()"
+                        )
+                    if wave is target:
+                        break
             target.waiters += 1
             if waker is not None:
                 target.add_waker(waker)

@@ -46,6 +46,7 @@ class Wave:
 
     __slots__ = (
         "_wake_lock",
+        "block_threads",
         "bytes",
         "changes",
         "deadline",
@@ -66,6 +67,8 @@ class Wave:
         self.changes: Changes = {}
         self.state = WaveState.OPEN
         self.open_blocks = 0
+        #: thread ident -> atomic blocks of that thread open in this wave
+        self.block_threads: dict[int, int] = {}
         self.waiters = 0
         self.writes = 0  # write calls, including overwrites of one key
         self.bytes = 0  # approximate memory held: keys plus values
