@@ -45,3 +45,36 @@ def test_layer_contract_catches_an_upward_import(tmp_path: Path) -> None:
         bad.unlink()
     assert result.returncode != 0
     assert "persist.kvs._upward_probe -> persist.cli" in result.stdout
+
+
+def test_no_import_cycle_between_modules_of_a_layer() -> None:
+    """STYLE/brief: the store module is each layer's contract and depends on neither
+    its rotation nor its verifier (issue 14 found a four-module cycle in persist.ebs)."""
+    import grimp
+
+    graph = grimp.build_graph(
+        "persist", include_external_packages=False, exclude_type_checking_imports=True
+    )
+    cycles = []
+    for layer in ("kvs", "ebs", "btree", "mux", "db", "remote", "cli"):
+        package = f"persist.{layer}"
+        modules = {m for m in graph.modules if m.startswith(package + ".")}
+        edges = {
+            m: {n for n in graph.find_modules_directly_imported_by(m) if n in modules}
+            for m in modules
+        }
+        state: dict[str, int] = {}
+
+        def visit(m: str, path: list[str]) -> None:
+            state[m] = 1
+            for n in edges[m]:
+                if state.get(n) == 1:
+                    cycles.append([*path[path.index(n) :], n] if n in path else [m, n])
+                elif n not in state:
+                    visit(n, [*path, n])
+            state[m] = 2
+
+        for m in sorted(modules):
+            if m not in state:
+                visit(m, [m])
+    assert cycles == []

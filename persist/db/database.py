@@ -26,9 +26,17 @@ from typing import Any, Self
 import cbor2
 
 from ..ebs import EncryptedStore, KdfParams
+from ..ebs.keyslot import read_keyslots
 from ..ebs.rekey import resume_rekey
-from ..errors import ClosedError, PersistError, ReadOnlyError, RotationUnfinished, StoreNotFound
-from ..kvs import open_store, parse_location
+from ..errors import (
+    ClosedError,
+    IntegrityError,
+    PersistError,
+    ReadOnlyError,
+    RotationUnfinished,
+    StoreNotFound,
+)
+from ..kvs import Store, open_store, parse_location
 from ..mux import AtomicBlock, Metrics, Multiplexer, MuxConfig
 from .keys import decode_key, encode_key
 from .objects import OBJECTS, PERSISTENT_CLASSES, Access, ObjectSpace
@@ -95,7 +103,7 @@ def open(
     try:
         if checked is not None:
             ebs = checked.reopen(store, freshness=fresh)
-        elif next(store.scan(), None) is None:
+        elif not read_keyslots(store.get) and _is_empty(store):
             if read_only or not create:
                 raise StoreNotFound(f"no database at {store.location}")
             ebs = EncryptedStore.create(
@@ -161,7 +169,7 @@ def _check_key_read_only(
     except PersistError:
         return None  # the writable open reports it
     try:
-        if next(reader.scan(), None) is None:
+        if not read_keyslots(reader.get):
             reader.close()
             return None
         return EncryptedStore.open(
@@ -170,6 +178,14 @@ def _check_key_read_only(
     except BaseException:
         reader.close()
         raise
+
+
+def _is_empty(store: Store) -> bool:
+    """No row at all (a cell a host stored with another type is a row too)."""
+    try:
+        return next(store.scan(b"\x00"), None) is None  # persist writes no empty key
+    except IntegrityError:
+        return False
 
 
 class _Reader:

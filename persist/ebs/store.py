@@ -92,7 +92,9 @@ def _timestamp_us(clock: Clock) -> int:
 
 
 def _is_empty(get_scan: Store | Snapshot) -> bool:
-    it = get_scan.scan()
+    # persist writes no empty key; a bounded scan skips cells a host stored with
+    # another type (SQLite sorts them first), which verify reports
+    it = get_scan.scan(b"\x00")
     try:
         return next(it, None) is None
     finally:

@@ -15,15 +15,27 @@ place and covered by a digest in the root.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import ClosedError, IntegrityError
+from ..kvs.base import Store
 from .keys import NodeId, TableKeys
 from .layout import STORAGE_KEY_SIZE, RowKind
 from .rows import Getter, auth_error, missing_error, open_head, read_value
 
-if TYPE_CHECKING:
-    from .store import EncryptedStore
+
+class TableOwner(Protocol):
+    """What a table needs of its store (:class:`~persist.ebs.store.EncryptedStore`);
+    a protocol, so that this module does not import the store back."""
+
+    @property
+    def kvs(self) -> Store: ...
+
+    @property
+    def key_epoch_seen(self) -> int: ...
+
+    def check_open(self) -> None: ...
+
 
 __all__ = ["NodeOp", "RowOp", "Table", "WriteBatch"]
 
@@ -49,7 +61,7 @@ class Table:
 
     __slots__ = ("_epoch", "_keys", "_store")
 
-    def __init__(self, store: EncryptedStore, keys: TableKeys, epoch: int) -> None:
+    def __init__(self, store: TableOwner, keys: TableKeys, epoch: int) -> None:
         self._store = store
         self._keys = keys
         self._epoch = epoch
@@ -64,7 +76,7 @@ class Table:
         return self._keys.descriptor
 
     @property
-    def store(self) -> EncryptedStore:
+    def store(self) -> TableOwner:
         """The encrypted store this table belongs to."""
         return self._store
 
@@ -165,7 +177,7 @@ class WriteBatch:
 
     __slots__ = ("_committed", "_store", "new_rows", "nodes", "rows")
 
-    def __init__(self, store: EncryptedStore) -> None:
+    def __init__(self, store: TableOwner) -> None:
         self._store = store
         self._committed = False
         self.nodes: dict[bytes, NodeOp] = {}
@@ -223,7 +235,7 @@ class WriteBatch:
         self.rows[storage_key] = (table, key, None)
         self.new_rows.discard(storage_key)
 
-    def claim(self, store: EncryptedStore) -> None:
+    def claim(self, store: TableOwner) -> None:
         """Mark the batch committed (it cannot be committed twice)."""
         if store is not self._store:
             raise ValueError("the batch belongs to another store")
