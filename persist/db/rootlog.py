@@ -38,6 +38,7 @@ entry per (table, key) in a segment.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import struct
 from bisect import bisect_left
@@ -270,7 +271,7 @@ class RootLog:
             nbytes += len(segment)
             for table, tab in decode_segment(segment).items():
                 tables.setdefault(table, {}).update(tab)
-        if running != chain:
+        if not hmac.compare_digest(running, chain):
             raise IntegrityError("the root log's segments are not the ones its root names")
         return cls(tables, generation=generation, segments=segments, chain=chain, nbytes=nbytes)
 

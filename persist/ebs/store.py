@@ -32,6 +32,7 @@ take a store as a parameter; this module depends on neither.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import threading
@@ -129,7 +130,7 @@ def choose_root(
     if isinstance(other, IntegrityError):
         _log.warning("a root slot of %s is damaged; verify the store", location)
         return root, None
-    if other.count != root.count - 1 or other.digest != root.prev_digest:
+    if other.count != root.count - 1 or not hmac.compare_digest(other.digest, root.prev_digest):
         raise ForkDetected("the other root slot holds a root that does not precede the current one")
     return root, other
 
@@ -335,7 +336,7 @@ class EncryptedStore:
             root, _ = choose_root(read_roots(get, self._keys), self.kvs.location)
             if root.count < self._root.count:
                 raise RollbackDetected("the store went back to an older root while open")
-            if root.db_id != self._root.db_id:
+            if not hmac.compare_digest(root.db_id, self._root.db_id):
                 raise IntegrityError("the store now holds another database")
             self._root = root
             return root

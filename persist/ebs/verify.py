@@ -25,6 +25,7 @@ once, from the snapshot it is given, so a writer may commit meanwhile.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,7 +68,7 @@ def _check_roots(
     roots = read_roots(source.get, ring)
     current, previous = roots[root.count % 2], roots[1 - root.count % 2]
     here = ring.root_slot_key(root.count % 2).hex()
-    if not isinstance(current, RootRecord) or current.digest != root.digest:
+    if not isinstance(current, RootRecord) or not hmac.compare_digest(current.digest, root.digest):
         problems.append(Problem("root", here, "the current root slot no longer holds this root"))
     there = ring.root_slot_key(1 - root.count % 2).hex()
     if previous is None:
@@ -75,7 +76,9 @@ def _check_roots(
             problems.append(Problem("root", there, "the previous root is missing"))
     elif isinstance(previous, IntegrityError):
         problems.append(Problem("root", there, "the previous root failed authentication"))
-    elif previous.count != root.count - 1 or previous.digest != root.prev_digest:
+    elif previous.count != root.count - 1 or not hmac.compare_digest(
+        previous.digest, root.prev_digest
+    ):
         problems.append(Problem("root", there, "the previous root does not precede the current"))
 
 
