@@ -7,7 +7,9 @@ Part 1, the half that does not depend on the tree format:
   ``dir:///abs/path``, optionally naming a container (``TARGET#name``);
 * **containers** by location -- :func:`create_container`,
   :func:`delete_container`, :func:`copy_container`, :func:`list_containers`;
-* the lease record's byte format (:class:`LeaseRecord`).
+* the single-writer **lease** -- :func:`acquire`, :class:`Lease` (renew,
+  release, and :meth:`Lease.fenced_write`, the fencing primitive a push's root
+  switch uses), :func:`read_lease`, :func:`renew_lease`, :func:`release_lease`.
 
 Every blocking call ``f`` has an asyncio twin ``af`` that never blocks the
 event loop (``aacquire``, ``acopy_container``, ``Container.aget`` ...).
@@ -15,6 +17,20 @@ event loop (``aacquire``, ``acopy_container``, ``Container.aget`` ...).
 Push, pull, poll, restore and continuous replication are part 2.
 """
 
+from .lease import (
+    DEFAULT_LEASE_TIME,
+    Contender,
+    Lease,
+    aacquire,
+    acquire,
+    aread_lease,
+    arelease_lease,
+    arenew_lease,
+    default_holder,
+    read_lease,
+    release_lease,
+    renew_lease,
+)
 from .leaserecord import LeaseRecord
 from .locations import (
     DEFAULT_LOCK_TIMEOUT,
@@ -43,24 +59,36 @@ from .target import (
 
 __all__ = [
     "DEFAULT_CONTAINER",
+    "DEFAULT_LEASE_TIME",
     "DEFAULT_LOCK_TIMEOUT",
     "MAX_ROW_KEY_SIZE",
     "MAX_ROW_SIZE",
     "Container",
+    "Contender",
+    "Lease",
     "LeaseRecord",
     "Target",
+    "aacquire",
     "acopy_container",
+    "acquire",
     "acreate_container",
     "adelete_container",
     "alist_containers",
     "aopen_container",
     "aopen_target",
+    "aread_lease",
+    "arelease_lease",
+    "arenew_lease",
     "check_container_name",
     "copy_container",
     "create_container",
+    "default_holder",
     "delete_container",
     "list_containers",
     "open_container",
     "open_target",
+    "read_lease",
+    "release_lease",
+    "renew_lease",
     "split_location",
 ]

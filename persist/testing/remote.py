@@ -41,7 +41,7 @@ from ..remote.target import (
     Target,
 )
 
-__all__ = ["TargetConformance", "TargetFactory", "held_record"]
+__all__ = ["TargetConformance", "TargetFactory", "held_record", "race_threads"]
 
 #: Keys that probe unsigned byte order and the dir fan-out (1-byte keys, shared
 #: first bytes, 0x00 and 0xff runs, the sign bit).
@@ -267,7 +267,7 @@ class TargetConformance:
             def claim(n: int, key: bytes = key) -> bool:
                 return container.compare_and_set(key, None, b"%d" % n)
 
-            winners = _race(6, claim)
+            winners = race_threads(6, claim)
             assert len(winners) == 1
             assert container.get(key) == b"%d" % winners[0]
 
@@ -325,7 +325,7 @@ class TargetConformance:
                     return False
                 return container.write_if_lease(old, keys(n))
 
-            applied = _race(7, attempt)
+            applied = race_threads(7, attempt)
             for n in range(6):
                 present = [container.get(k) for k in keys(n)]
                 assert present == ([b"v"] * 3 if n in applied else [None] * 3), (n, present)
@@ -511,7 +511,7 @@ class TargetConformance:
         self._current = target_factory
 
 
-def _race(n: int, attempt: Callable[[int], bool]) -> list[int]:
+def race_threads(n: int, attempt: Callable[[int], bool]) -> list[int]:
     """Run ``attempt(0..n-1)`` in ``n`` threads released at once by a barrier;
     return the numbers of those that returned True."""
     barrier = threading.Barrier(n)
