@@ -117,7 +117,10 @@ def test_a_holder_stopped_at_random_moments_loses_and_writes_nothing_after(
         acked: list[int] = []
         reader = threading.Thread(target=_read_numbers, args=(child, acked))
         reader.start()
-        time.sleep(rng.uniform(0.05, 0.3))
+        deadline = time.monotonic() + 30
+        while not acked and time.monotonic() < deadline:  # it is writing
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.25))
         taker = None
         for _ in range(200):
             os.kill(child.pid, signal.SIGSTOP)
