@@ -10,7 +10,7 @@ state (dirtarget.py, "Transitions").  The current state is the file with the
 highest serial.
 
 This module is the pure half: the byte format.  Layout (docs/remote.md
-"Dir state log"), big-endian:
+"Dir targets"), big-endian:
 
 =======  ======  ==========================================================
 size     field

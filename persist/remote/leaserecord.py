@@ -7,7 +7,7 @@ like the keyslot's) and that nothing malformed is ever acted on: every field
 is checked, and :meth:`LeaseRecord.parse` raises
 :class:`~persist.errors.IntegrityError` for anything else.
 
-Layout (docs/remote.md "Lease record"), big-endian:
+Layout (docs/remote.md "Lease protocol"), big-endian:
 
 ======  ====  ==============================================================
 offset  size  field

@@ -1,6 +1,6 @@
 """One store's key space, divided into containers: Store views over a Store.
 
-A kvs target keeps everything in its one store (docs/remote.md "kvs targets"):
+A kvs target keeps everything in its one store (docs/remote.md "Kvs targets"):
 
 ================================================  ==================================
 key                                               what
