@@ -345,11 +345,12 @@ class DirContainer(Container):
         with self.target.root() as root:
             fd = self.target.open_container_dir(root, self.name)
             if fd is None:
-                if self.name:
-                    if write:
-                        raise self._missing()
+                if not write:
                     yield None
                     return
+                if self.name:
+                    raise self._missing()
+                # The default container always exists: put back a lost one.
                 self.target._install(root, self.target._stage(root), "", replace_empty=False)
                 fd = self.target.open_container_dir(root, "")
                 if fd is None:

@@ -337,6 +337,21 @@ def test_an_interrupted_copy_leaves_nothing(
         assert t.copy_container("", t, "copy") == 100
 
 
+def test_a_lost_default_container_reads_empty_and_is_put_back_by_a_write(
+    root: Path, loc: str
+) -> None:
+    open_target(loc, create=True).close()
+    (root / "default/rows").rmdir()
+    (root / "default/state").rmdir()
+    (root / "default").rmdir()
+    with open_target(loc, read_only=True) as t:
+        assert t.container().get(b"k") is None and list(t.container().scan()) == []
+    assert not (root / "default").exists()  # a read writes nothing
+    with open_target(loc) as t:
+        t.container().write({b"k": b"v"})
+        assert t.container().get(b"k") == b"v"
+
+
 def test_delete_leaves_no_trash(root: Path, loc: str) -> None:
     with open_target(loc, create=True) as t:
         t.create_container("a").write({b"k%d" % i: b"v" for i in range(50)})
