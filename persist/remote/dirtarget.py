@@ -135,12 +135,8 @@ class DirTarget(Target):
         # A crash before the marker leaves only these entries: start again.
         for name in ("tmp", "containers", "default"):
             _fs.make_dir(name, fd, self.location)
-        default = _fs.open_dir("default", fd, self.location)
-        assert default is not None
-        try:
+        with self._dir("default", fd) as default:
             _make_container_dirs(default, self.location)
-        finally:
-            os.close(default)
         _fs.fsync(fd, self.location)
         with self._dir("tmp", fd) as tmp, _fs.translated(self.location):
             name = _fs.write_temp(tmp, LAYOUT_MARKER, self.location)
@@ -465,14 +461,8 @@ class _DirSink(CopySink):
         self._target = target
         self._staged = staged
         self._name = name
-        with target.root() as root:
-            fd = _fs.open_dir("tmp", root, target.location)
-            assert fd is not None
-            try:
-                staged_fd = _fs.open_dir(staged, fd, target.location)
-            finally:
-                os.close(fd)
-        assert staged_fd is not None
+        with target.root() as root, target._dir("tmp", root) as tmp:
+            staged_fd = _dir_fd(target, staged, tmp)
         self._dir = ContainerDir(target, staged_fd, f"{target.location} (staged copy {staged})")
 
     def put(self, rows: list[tuple[bytes, bytes]]) -> None:
@@ -493,6 +483,13 @@ class _DirSink(CopySink):
                     _rmtree(self._staged, fd)
                 finally:
                     os.close(fd)
+
+
+def _dir_fd(target: DirTarget, name: str, parent: int) -> int:
+    fd = _fs.open_dir(name, parent, target.location)
+    if fd is None:
+        raise IntegrityError(f"{target.location}: {name!r} vanished")
+    return fd
 
 
 def _make_container_dirs(fd: int, what: str) -> None:
