@@ -22,6 +22,13 @@ two users collided":
   reopened.
 * :class:`RotationUnfinished` -- an interrupted master-key rotation awaits
   ``resume_rekey`` or ``abort_rekey``.
+* :class:`LeaseError` -- two writers collided over a remote target's lease:
+  :class:`LeaseHeld` (another holder has it), :class:`LeaseLost` (this holder
+  no longer has it; nothing was written).
+
+Containers of a remote target (docs/remote.md) reuse the store errors:
+:class:`ContainerExists` is a :class:`StoreExists`, :class:`ContainerNotFound`
+a :class:`StoreNotFound`.
 
 Messages never contain key material, passphrases or plaintext.
 """
@@ -31,9 +38,14 @@ from __future__ import annotations
 __all__ = [
     "ClosedError",
     "CommitFailed",
+    "ContainerExists",
+    "ContainerNotFound",
     "CorruptStore",
     "ForkDetected",
     "IntegrityError",
+    "LeaseError",
+    "LeaseHeld",
+    "LeaseLost",
     "NotAStore",
     "NotFound",
     "PersistError",
@@ -68,12 +80,20 @@ class StoreExists(StoreError):
     """A new store was to be created where one already exists."""
 
 
+class ContainerExists(StoreExists):
+    """A container to be created or copied into already holds a database (rows)."""
+
+
 class StoreLocked(StoreError):
     """Another writer (process or open handle) holds the store."""
 
 
 class StoreNotFound(StoreError):
     """No store exists at the location (and creating one was not allowed)."""
+
+
+class ContainerNotFound(StoreNotFound):
+    """The named container does not exist on the remote target."""
 
 
 class NotAStore(StoreError):
@@ -140,3 +160,23 @@ class CommitFailed(PersistError):
     The database refuses every later write with this error until it is
     reopened; the original exception is chained as ``__cause__``.
     """
+
+
+class LeaseError(PersistError):
+    """Two writers collided over the lease of a remote container (docs/remote.md)."""
+
+
+class LeaseHeld(LeaseError):
+    """Another holder has the lease: it was not acquired, renewed or released.
+
+    ``record`` is the lease record as read from the target, when there was one.
+    """
+
+    def __init__(self, message: str, record: object = None) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class LeaseLost(LeaseError):
+    """This holder no longer has the lease (superseded, released, or past its
+    own deadline); the operation wrote nothing."""

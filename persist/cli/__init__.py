@@ -13,6 +13,7 @@ import click
 from ..errors import PersistError
 from .commands import dump, info, init, passwd, rekey, verify
 from .demo import demo
+from .remote import container, lease
 
 __all__ = ["main"]
 
@@ -23,7 +24,7 @@ def cli() -> None:
     """persist: encrypted orthogonal persistence for Python."""
 
 
-for command in (init, info, verify, passwd, rekey, dump, demo):
+for command in (init, info, verify, passwd, rekey, dump, demo, lease, container):
     cli.add_command(command)
 
 

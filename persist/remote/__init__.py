@@ -1,4 +1,94 @@
-"""The remote layer: replicas on untrusted storage: push, pull, restore, lease (DESIGN §2.6).
+"""Replicas on storage nobody trusts (DESIGN §2.6; docs/remote.md).
 
-Not implemented yet; the package exists so the layer contract covers it.
+Part 1, the half that does not depend on the tree format:
+
+* **targets** and **containers** -- :func:`open_target`, :func:`open_container`
+  and the contract they keep (:mod:`persist.remote.target`): a kvs location or
+  ``dir:///abs/path``, optionally naming a container (``TARGET#name``);
+* **containers** by location -- :func:`create_container`,
+  :func:`delete_container`, :func:`copy_container`, :func:`list_containers`;
+* the single-writer **lease** -- :func:`acquire`, :class:`Lease` (renew,
+  release, and :meth:`Lease.fenced_write`, the fencing primitive a push's root
+  switch uses), :func:`read_lease`, :func:`renew_lease`, :func:`release_lease`.
+
+Every blocking call ``f`` has an asyncio twin ``af`` that never blocks the
+event loop (``aacquire``, ``acopy_container``, ``Container.aget`` ...).
+
+Push, pull, poll, restore and continuous replication are part 2.
 """
+
+from .lease import (
+    DEFAULT_LEASE_TIME,
+    Contender,
+    Lease,
+    aacquire,
+    acquire,
+    aread_lease,
+    arelease_lease,
+    arenew_lease,
+    default_holder,
+    read_lease,
+    release_lease,
+    renew_lease,
+)
+from .leaserecord import LeaseRecord
+from .locations import (
+    DEFAULT_LOCK_TIMEOUT,
+    acopy_container,
+    acreate_container,
+    adelete_container,
+    alist_containers,
+    aopen_container,
+    aopen_target,
+    copy_container,
+    create_container,
+    delete_container,
+    list_containers,
+    open_container,
+    open_target,
+    split_location,
+)
+from .target import (
+    DEFAULT_CONTAINER,
+    MAX_ROW_KEY_SIZE,
+    MAX_ROW_SIZE,
+    Container,
+    Target,
+    check_container_name,
+)
+
+__all__ = [
+    "DEFAULT_CONTAINER",
+    "DEFAULT_LEASE_TIME",
+    "DEFAULT_LOCK_TIMEOUT",
+    "MAX_ROW_KEY_SIZE",
+    "MAX_ROW_SIZE",
+    "Container",
+    "Contender",
+    "Lease",
+    "LeaseRecord",
+    "Target",
+    "aacquire",
+    "acopy_container",
+    "acquire",
+    "acreate_container",
+    "adelete_container",
+    "alist_containers",
+    "aopen_container",
+    "aopen_target",
+    "aread_lease",
+    "arelease_lease",
+    "arenew_lease",
+    "check_container_name",
+    "copy_container",
+    "create_container",
+    "default_holder",
+    "delete_container",
+    "list_containers",
+    "open_container",
+    "open_target",
+    "read_lease",
+    "release_lease",
+    "renew_lease",
+    "split_location",
+]
