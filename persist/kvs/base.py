@@ -229,6 +229,16 @@ class Store(abc.ABC):
     def _compare_and_set(self, key: bytes, expected: bytes | None, new: bytes | None) -> bool:
         """REQUIRES: serialized with every write of this handle (the backend's write lock)."""
 
+    @abc.abstractmethod
+    def _write_if(
+        self,
+        key: bytes,
+        expected: bytes | None,
+        puts: Iterator[tuple[bytes, bytes]],
+        deletes: list[bytes],
+    ) -> bool:
+        """REQUIRES: the check and the batch in one transaction of the backend."""
+
     # -- the public surface, with the checks every backend shares --------------
 
     def get(self, key: bytes) -> bytes | None:
@@ -303,6 +313,27 @@ class Store(abc.ABC):
         """One spelling of this store's location for all the ways to name it (a
         resolved path, a normalized URI): the key of its freshness record."""
         return self.location
+
+    def write_if(
+        self,
+        key: bytes,
+        expected: bytes | None,
+        puts: Puts = (),
+        deletes: Iterable[bytes] = (),
+    ) -> bool:
+        """Apply the batch only if ``key`` holds ``expected`` (``None``: absent); whether it did.
+
+        The check and the batch are one atomic step (contract rule 11); the
+        batch may itself change ``key``.
+        """
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"store {self.location} is open read-only")
+        check_key(key)
+        if expected is not None:
+            check_value(expected)
+        checked_puts, dels = normalize_batch(puts, deletes)
+        return self._write_if(key, expected, checked_puts, dels)
 
     def close(self) -> None:
         """Release the store.  Idempotent; later calls of other methods raise ClosedError."""

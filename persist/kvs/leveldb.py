@@ -130,13 +130,29 @@ class LevelDBStore(Store):
                 it.close()
 
     def _write(self, puts: Iterator[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        self._write_if(None, None, puts, deletes)
+
+    def _write_if(
+        self,
+        key: bytes | None,
+        expected: bytes | None,
+        puts: Iterator[tuple[bytes, bytes]],
+        deletes: list[bytes],
+    ) -> bool:
+        # The write lock serializes this handle's writes, and LevelDB's LOCK file
+        # keeps out every other handle: nothing can land between check and batch.
         with self._write_lock, self._inflight.enter(self.location), self._translated():
+            if key is not None and self._db.get(key) != expected:
+                for _ in puts:  # consume, so that bad pairs still raise
+                    pass
+                return False
             batch = self._db.write_batch(sync=self.durable)
             for key in deletes:
                 batch.delete(key)
-            for key, value in puts:  # may raise: then the batch is dropped unwritten
-                batch.put(key, value)
+            for k, value in puts:  # may raise: then the batch is dropped unwritten
+                batch.put(k, value)
             batch.write()
+            return True
 
     def _snapshot(self) -> Snapshot:
         with self._inflight.enter(self.location), self._translated():

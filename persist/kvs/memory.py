@@ -101,6 +101,20 @@ class MemoryStore(Store):
         data.map = new
         data.sorted_keys = None
 
+    def _write_if(
+        self,
+        key: bytes,
+        expected: bytes | None,
+        puts: Iterator[tuple[bytes, bytes]],
+        deletes: list[bytes],
+    ) -> bool:
+        staged = dict(puts)
+        with self._lock:
+            if self._data.map.get(key) != expected:
+                return False
+            self._apply(staged, deletes)
+            return True
+
     def _compare_and_set(self, key: bytes, expected: bytes | None, new: bytes | None) -> bool:
         with self._lock:
             if self._data.map.get(key) != expected:

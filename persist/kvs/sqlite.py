@@ -308,6 +308,16 @@ class SQLiteStore(Store):
                 raise
 
     def _write(self, puts: Iterator[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        self._write_if(None, None, puts, deletes)
+
+    def _write_if(
+        self,
+        key: bytes | None,
+        expected: bytes | None,
+        puts: Iterator[tuple[bytes, bytes]],
+        deletes: list[bytes],
+    ) -> bool:
+        """One transaction: the check of ``key`` (None: no check) and the batch."""
         with self._write_lock:
             conn = self._writer
             if conn is None or self._closed:
@@ -317,10 +327,16 @@ class SQLiteStore(Store):
             except apsw.Error as exc:
                 raise self._error(exc) from exc
             try:
+                if key is not None:
+                    row = conn.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+                    if (None if row is None else self._blob(row[0])) != expected:
+                        conn.execute("ROLLBACK")
+                        return False
                 if deletes:
                     conn.executemany("DELETE FROM kv WHERE k = ?", [(k,) for k in deletes])
                 conn.executemany("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", puts)
                 conn.execute("COMMIT")
+                return True
             except BaseException as exc:
                 with contextlib.suppress(apsw.Error):
                     conn.execute("ROLLBACK")

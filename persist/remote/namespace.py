@@ -145,6 +145,17 @@ class NamespaceStore(Store):
     def _compare_and_set(self, key: bytes, expected: bytes | None, new: bytes | None) -> bool:
         return self.inner.compare_and_set(self._inner_key(key), expected, new)
 
+    def _write_if(
+        self,
+        key: bytes,
+        expected: bytes | None,
+        puts: Iterator[tuple[bytes, bytes]],
+        deletes: list[bytes],
+    ) -> bool:
+        dels = [self._inner_key(k) for k in deletes]
+        mapped = ((self._inner_key(k), v) for k, v in puts)
+        return self.inner.write_if(self._inner_key(key), expected, mapped, dels)
+
     def _snapshot(self) -> Snapshot:
         return _NamespaceSnapshot(self, self.inner.snapshot())
 

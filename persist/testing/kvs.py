@@ -366,6 +366,40 @@ class StoreConformance:
                 with pytest.raises(ReadOnlyError):
                     r.compare_and_set(b"k", b"v", b"w")
 
+    # -- the conditional batch (contract rule 11) ------------------------------
+
+    def test_write_if(self, store: Store) -> None:
+        assert store.write_if(b"lease", None, {b"a": b"1", b"lease": b"g1"})
+        assert not store.write_if(b"lease", None, {b"b": b"2"})
+        assert not store.write_if(b"lease", b"g0", {b"b": b"2"}, deletes=[b"a"])
+        assert store.get(b"b") is None and store.get(b"a") == b"1"
+        assert store.write_if(b"lease", b"g1", {b"b": b"2"}, deletes=[b"a"])
+        assert dict(store.scan()) == {b"b": b"2", b"lease": b"g1"}
+        with pytest.raises(TypeError):
+            store.write_if(b"lease", b"g1", {b"c": "text"})  # type: ignore[arg-type]
+        assert store.get(b"c") is None
+
+    def test_write_if_has_one_winner_among_threads(self, store: Store) -> None:
+        store.write({b"gen": b"0"})
+        wins: list[int] = []
+        barrier = threading.Barrier(6)
+
+        def contend(n: int) -> None:
+            barrier.wait()
+            if store.write_if(b"gen", b"0", {b"gen": b"%d" % (n + 1), b"w%d" % n: b"x"}):
+                wins.append(n)
+
+        threads = [threading.Thread(target=contend, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1
+        rows = dict(store.scan())
+        assert rows[b"gen"] == b"%d" % (wins[0] + 1) and [k for k in rows if k[:1] == b"w"] == [
+            b"w%d" % wins[0]
+        ]
+
     def test_readers_see_whole_batches_during_writes(self, store: Store) -> None:
         """Readers in other threads never see half a batch and are never blocked."""
         store.write({b"x": b"0", b"y": b"0"})

@@ -85,6 +85,15 @@ class FailingStore(Store):
     def _compare_and_set(self, key: bytes, expected: bytes | None, new: bytes | None) -> bool:
         return self.inner.compare_and_set(key, expected, new)
 
+    def _write_if(
+        self,
+        key: bytes,
+        expected: bytes | None,
+        puts: Iterator[tuple[bytes, bytes]],
+        deletes: list[bytes],
+    ) -> bool:
+        return self.inner.write_if(key, expected, list(puts), deletes)
+
     def _close(self) -> None:
         pass
 
