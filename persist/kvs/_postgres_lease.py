@@ -21,10 +21,13 @@ The row ``(id = 1, holder, generation, expires)`` lives in ``<table>_lease``.
   clock assumption, docs/kvs.md).  Once it stopped, the handle never writes
   again (sticky): reopen.
 * **Advisory lock** (PostgreSQL only): the lease connection holds
-  ``pg_try_advisory_lock(key of the table)``.  Getting it proves that no live
-  session of another holder is left, so a writable open may take over an
-  unexpired lease at once (the process that held it was killed); not
-  getting it refuses the open at once.  Correctness never depends on it.
+  ``pg_try_advisory_lock(key of the table)``, and the row's ``locked`` says
+  so.  Not getting the lock refuses the open at once.  Getting it while the
+  row says ``locked`` proves that the holder's session is gone (its process
+  was killed), so the open may take over the unexpired lease at once.  A
+  holder without the lock (``locked = false``: an engine without advisory
+  locks, or ``advisory_lock=False``) keeps its lease until it expires.
+  Correctness never depends on the lock: fencing holds either way.
 * **Releasing** (close): ``expires = now()``, then the advisory unlock.
 """
 
@@ -41,9 +44,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg import errors as pgerrors
 
-from ..errors import PersistError, StoreLocked
-from ._postgres_sql import PostgresLocation, Session, Statements, chain, translate
+from ..errors import PersistError, StoreIOError, StoreLocked
+from ._postgres_sql import PostgresLocation, Session, Statements, cause, translate
 
 __all__ = ["WriterLease"]
 
@@ -134,26 +138,26 @@ class WriterLease:
         try:
             if not self._prepare(conn):
                 raise StoreLocked(f"store {loc} is open for writing by a live session")
-            proven_free = self._advisory_key is not None
             for _ in range(3):
                 started = time.monotonic()
                 row = conn.execute(sql.lease_read).fetchone()
                 if row is None:
-                    if conn.execute(sql.lease_insert, (self.holder, self.interval)).rowcount:
+                    insert = (self.holder, self.interval, self._advisory_held)
+                    if conn.execute(sql.lease_insert, insert).rowcount:
                         self.generation = 1
                         self.renewed(started)
                         break
                     continue  # another opener inserted it first: read it again
-                holder, generation, expires, expired = row
-                if not (expired or proven_free):
+                holder, generation, expires, expired, locked = row
+                # The holder held the advisory lock, and now we do: its session is gone.
+                if not (expired or (locked and self._advisory_held)):
                     until = f"{expires:%Y-%m-%d %H:%M:%S %Z}"
                     raise StoreLocked(
                         f"store {loc} is open for writing by {holder} (lease generation "
                         f"{generation}, until {until} server time)"
                     )
-                taken = conn.execute(
-                    sql.lease_take, (self.holder, self.interval, holder, generation)
-                ).fetchone()
+                take = (self.holder, self.interval, self._advisory_held, holder, generation)
+                taken = conn.execute(sql.lease_take, take).fetchone()
                 if taken is not None:
                     self.generation = int(taken[0])
                     self.renewed(started)
@@ -161,7 +165,7 @@ class WriterLease:
             else:
                 raise StoreLocked(f"store {loc}: another writer is taking the lease")
         except psycopg.Error as exc:
-            raise chain(translate(exc, self.where, "taking the lease"), exc, self.where) from None
+            raise translate(exc, self.where, "taking the lease") from cause(exc, self.where)
         self._thread = threading.Thread(
             target=self._run, name=f"persist-lease {self.where.table}", daemon=True
         )
@@ -181,10 +185,11 @@ class WriterLease:
                         raise StoreLocked(f"another session holds {self.where.location}")
                 started = time.monotonic()
                 cur = session.conn.execute(self._sql.fence, self.fence_params())
+            except pgerrors.LockNotAvailable as exc:  # lock_timeout: not renewed this time
+                raise StoreIOError(f"the lease row of {self.where.location} is locked") from exc
             except psycopg.Error as exc:
-                raise chain(
-                    translate(exc, self.where, "renewing the lease"), exc, self.where
-                ) from None
+                error = translate(exc, self.where, "renewing the lease")
+                raise error from cause(exc, self.where)
         if cur.rowcount != 1:
             raise StoreLocked(f"another writer took over the lease of {self.where.location}")
         self.renewed(started)

@@ -39,7 +39,7 @@ __all__ = [
     "Session",
     "Statements",
     "advisory_key",
-    "chain",
+    "cause",
     "engine_of",
     "is_disconnect",
     "parse_postgres_location",
@@ -164,13 +164,12 @@ def translate(exc: psycopg.Error, where: PostgresLocation, doing: str) -> Persis
     return StoreIOError(f"{doing} on store {loc} failed: {detail}")
 
 
-def chain(error: PersistError, exc: BaseException, where: PostgresLocation) -> PersistError:
-    """Chain ``exc`` to ``error`` unless its own text carries the password."""
-    if any(s in str(exc) for s in where._secrets):
-        error.__suppress_context__ = True
-        return error
-    error.__cause__ = exc
-    return error
+def cause(exc: BaseException, where: PostgresLocation) -> BaseException | None:
+    """What to chain a translated error to (``raise ... from cause(exc, where)``):
+    ``exc`` itself, unless its own text carries the password (libpq quotes a URI
+    it cannot parse); then nothing."""
+    text = str(exc)
+    return None if any(s in text for s in where._secrets) else exc
 
 
 # -- connections -------------------------------------------------------------------
@@ -215,7 +214,7 @@ class Statements:
         self.storage = q("ALTER TABLE {t} ALTER COLUMN v SET STORAGE EXTERNAL")
         self.create_lease = q(
             "CREATE TABLE IF NOT EXISTS {lease} (id integer PRIMARY KEY, holder text NOT NULL, "
-            "generation bigint NOT NULL, expires timestamptz NOT NULL)"
+            "generation bigint NOT NULL, expires timestamptz NOT NULL, locked boolean NOT NULL)"
         )
         self.get = q("SELECT v FROM {t} WHERE k = %b")
         self.scan_from = q("SELECT k, v FROM {t} WHERE k >= %b ORDER BY k LIMIT %s")
@@ -235,15 +234,15 @@ class Statements:
             "WHERE id = 1 AND holder = %s AND generation = %s"
         )
         self.lease_read = q(
-            "SELECT holder, generation, expires, expires <= now() FROM {lease} WHERE id = 1"
+            "SELECT holder, generation, expires, expires <= now(), locked FROM {lease} WHERE id = 1"
         )
         self.lease_insert = q(
-            "INSERT INTO {lease} (id, holder, generation, expires) "
-            "VALUES (1, %s, 1, now() + %s) ON CONFLICT (id) DO NOTHING"
+            "INSERT INTO {lease} (id, holder, generation, expires, locked) "
+            "VALUES (1, %s, 1, now() + %s, %s) ON CONFLICT (id) DO NOTHING"
         )
         self.lease_take = q(
-            "UPDATE {lease} SET holder = %s, generation = generation + 1, expires = now() + %s "
-            "WHERE id = 1 AND holder = %s AND generation = %s RETURNING generation"
+            "UPDATE {lease} SET holder = %s, generation = generation + 1, expires = now() + %s, "
+            "locked = %s WHERE id = 1 AND holder = %s AND generation = %s RETURNING generation"
         )
         self.lease_release = q(
             "UPDATE {lease} SET expires = now() WHERE id = 1 AND holder = %s AND generation = %s"
@@ -260,5 +259,6 @@ LEASE_COLUMNS = [
     ("holder", "text"),
     ("generation", "bigint"),
     ("expires", "timestamp with time zone"),
+    ("locked", "boolean"),
 ]
 BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"

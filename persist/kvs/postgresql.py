@@ -10,7 +10,8 @@ error messages or the exceptions they chain.
 Layout (docs/kvs.md, "PostgreSQL", lists every statement)::
 
     NAME        (k bytea PRIMARY KEY, v bytea NOT NULL)   -- v: SET STORAGE EXTERNAL
-    NAME_lease  (id integer PRIMARY KEY, holder text, generation bigint, expires timestamptz)
+    NAME_lease  (id integer PRIMARY KEY, holder text, generation bigint, expires timestamptz,
+                 locked boolean)
 
 ``bytea`` compares as ``memcmp``, then by length: the contract's unsigned byte
 order.  Values are ciphertext, which does not compress, hence ``EXTERNAL``.
@@ -47,11 +48,12 @@ Theory of operation:
    have passed without one, before the server can consider it expired.
    Closing releases the row (``expires = now()``).
 5. **Advisory lock (PostgreSQL only, an accelerator).**  The lease connection
-   also holds a session advisory lock derived from the table.  A contender
-   that gets the lock knows that no live session of the holder is left on
-   the server (a killed process), so it may take over a lease that has not
-   expired yet; one that does not get it is refused at once.  Safety never
-   rests on it (CockroachDB has none): fencing (4) holds either way.
+   also holds a session advisory lock derived from the table, and the lease
+   row records that it does.  A contender that gets the lock while the row
+   says so knows that the holder's session is gone (a killed process), so it
+   may take over a lease that has not expired yet; one that does not get it
+   is refused at once.  Safety never rests on it (CockroachDB has none):
+   fencing (4) holds either way.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ from ._postgres_sql import (
     Session,
     Statements,
     advisory_key,
-    chain,
+    cause,
     engine_of,
     is_disconnect,
     parse_postgres_location,
@@ -155,13 +157,15 @@ class PostgreSQLStore(Store):
     def _connect(self, purpose: str) -> psycopg.Connection[Any]:
         try:
             given = psycopg.conninfo.conninfo_to_dict(self._where._conninfo)
-            defaults = {"application_name": f"persist {purpose}", "connect_timeout": "10"}
+            # pg_stat_activity shows which store and role each connection serves.
+            name = f"persist {purpose} {self._where.table}"[:63]
+            defaults = {"application_name": name, "connect_timeout": "10"}
             extra = {k: v for k, v in defaults.items() if k not in given}
             conninfo = psycopg.conninfo.make_conninfo(self._where._conninfo, **extra)
             # Only the statements given prepare=True are prepared (the hot ones).
             return psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
         except psycopg.Error as exc:
-            raise chain(self._connect_error(exc), exc, self._where) from None
+            raise self._connect_error(exc) from cause(exc, self._where)
 
     def _connect_error(self, exc: psycopg.Error) -> PersistError:
         if isinstance(exc, psycopg.ProgrammingError):  # libpq could not parse the URI
@@ -210,7 +214,7 @@ class PostgreSQLStore(Store):
                     )
         except psycopg.Error as exc:
             session.close()
-            raise chain(translate(exc, self._where, "opening"), exc, self._where) from None
+            raise translate(exc, self._where, "opening") from cause(exc, self._where)
         except BaseException:
             session.close()
             raise
@@ -266,7 +270,7 @@ class PostgreSQLStore(Store):
                     conn.execute("SET synchronous_commit = on")
         except psycopg.Error as exc:
             conn.close()
-            raise chain(translate(exc, self._where, "opening"), exc, self._where) from None
+            raise translate(exc, self._where, "opening") from cause(exc, self._where)
         return Session(conn)
 
     # -- the read pool -------------------------------------------------------------
@@ -319,7 +323,7 @@ class PostgreSQLStore(Store):
                     raise ClosedError(f"store {self.location} is closed") from exc
                 if attempt == 1 and session.used and is_disconnect(exc, session.conn):
                     continue  # the pooled connection died while idle: the read never ran
-                raise chain(translate(exc, self._where, doing), exc, self._where) from None
+                raise translate(exc, self._where, doing) from cause(exc, self._where)
             finally:
                 self._release(session)
         raise AssertionError("unreachable")
@@ -370,7 +374,7 @@ class PostgreSQLStore(Store):
                 try:
                     session.conn.execute(BEGIN_SNAPSHOT)
                 except psycopg.Error as exc:
-                    raise self._error(exc, "a scan") from None
+                    raise self._error(exc, "a scan") from cause(exc, self._where)
             cursor, after = start, False
             while True:
                 with session.lock:
@@ -379,7 +383,7 @@ class PostgreSQLStore(Store):
                     try:
                         rows = self._page(session.conn, cursor, stop, after, _PAGE_ROWS)
                     except psycopg.Error as exc:
-                        raise self._error(exc, "a scan") from None
+                        raise self._error(exc, "a scan") from cause(exc, self._where)
                 yield from rows
                 if len(rows) < _PAGE_ROWS:
                     return
@@ -389,10 +393,8 @@ class PostgreSQLStore(Store):
 
     def _error(self, exc: psycopg.Error, doing: str) -> PersistError:
         if self._closed:
-            error: PersistError = ClosedError(f"store {self.location} is closed")
-            error.__cause__ = exc
-            return error
-        return chain(translate(exc, self._where, doing), exc, self._where)
+            return ClosedError(f"store {self.location} is closed")
+        return translate(exc, self._where, doing)
 
     def _snapshot(self) -> Snapshot:
         session = self._acquire()
@@ -403,7 +405,7 @@ class PostgreSQLStore(Store):
                 session.conn.execute(self._sql.get, (b"",), prepare=True, binary=True).fetchall()
         except psycopg.Error as exc:
             self._release(session)
-            raise self._error(exc, "taking a snapshot") from None
+            raise self._error(exc, "taking a snapshot") from cause(exc, self._where)
         snap = _PostgresSnapshot(self, session)
         with self._pool_lock:
             self._snapshots.add(snap)
@@ -435,7 +437,9 @@ class PostgreSQLStore(Store):
                     committing = True
                     conn.execute("COMMIT")
             except psycopg.Error as exc:
-                raise self._write_error(exc, session, doing, committing) from None
+                raise self._write_error(exc, session, doing, committing) from cause(
+                    exc, self._where
+                )
             except BaseException:
                 with contextlib.suppress(psycopg.Error), session.lock:
                     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -460,8 +464,8 @@ class PostgreSQLStore(Store):
                 f"lost the connection to the server of store {self.location} during {doing}: "
                 f"{outcome} ({self._where.scrub(str(exc).strip() or type(exc).__name__)})"
             )
-            return chain(error, exc, self._where)
-        return chain(translate(exc, self._where, doing), exc, self._where)
+            return error
+        return translate(exc, self._where, doing)
 
     def _write(self, puts: Iterator[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
         batch = dict(puts)  # deduplicated, last wins; a bad pair raises before any SQL
@@ -553,7 +557,7 @@ class _PostgresSnapshot(Snapshot):
             try:
                 return call(session.conn)
             except psycopg.Error as exc:
-                raise self._pg._error(exc, doing) from None
+                raise self._pg._error(exc, doing) from cause(exc, self._pg._where)
 
     def _get(self, key: bytes) -> bytes | None:
         statement = self._pg._sql.get

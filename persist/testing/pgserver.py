@@ -13,7 +13,8 @@ PostgreSQL refuses to run as root.  Under root the directory is given to the
 
 The server programs are looked up in this order:
 
-1. the directory named by the environment variable ``PERSIST_PG_BIN``;
+1. the directory named by the environment variable ``PERSIST_PG_BIN`` (when it
+   is set, only there);
 2. the Debian/Ubuntu layout ``/usr/lib/postgresql/<version>/bin`` (the newest);
 3. the binaries inside the ``pgserver`` wheel (pinned in the ``test`` extra
    for Linux x86_64 and Python < 3.13), used as plain programs.
@@ -67,6 +68,7 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
     "max_wal_size": "1GB",
     "wal_level": "replica",
     "max_wal_senders": "4",
+    "wal_keep_size": "256MB",  # a standby that falls behind can catch up
     "hot_standby": "on",
     "log_min_messages": "warning",
     "log_min_error_statement": "panic",
@@ -155,12 +157,14 @@ def find_binaries() -> Path:
     Raises :class:`ServerUnavailable` (with every place looked at) when none
     is usable.
     """
-    looked: list[str] = []
     explicit = os.environ.get("PERSIST_PG_BIN")
-    if explicit:
+    if explicit:  # what the user named, or nothing: never a server they did not ask for
         if _bin_dir_ok(Path(explicit)):
             return Path(explicit)
-        looked.append(f"PERSIST_PG_BIN={explicit} (not a directory with {', '.join(_PROGRAMS)})")
+        raise ServerUnavailable(
+            f"PERSIST_PG_BIN={explicit} is not a directory with {', '.join(_PROGRAMS)}"
+        )
+    looked: list[str] = []
     debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version_key, reverse=True)
     for initdb in debian:
         if _bin_dir_ok(Path(initdb).parent):
@@ -211,11 +215,21 @@ class PostgresServer:
     def log_file(self) -> Path:
         return self.base / "server.log"
 
-    def uri(self, dbname: str = "postgres", *, user: str = "postgres", **params: str) -> str:
+    def uri(
+        self,
+        dbname: str = "postgres",
+        *,
+        user: str = "postgres",
+        password: str | None = None,
+        **params: str,
+    ) -> str:
         """A libpq URI of ``dbname`` on this server; ``params`` go into its query."""
         query = {"host": str(self.socket_dir), "port": str(self.port), **params}
         encoded = "&".join(f"{k}={urllib.parse.quote(v, safe='/')}" for k, v in query.items())
-        return f"postgresql://{urllib.parse.quote(user)}@/{dbname}?{encoded}"
+        userinfo = urllib.parse.quote(user)
+        if password is not None:
+            userinfo += ":" + urllib.parse.quote(password, safe="")
+        return f"postgresql://{userinfo}@/{dbname}?{encoded}"
 
     def conninfo(self, dbname: str = "postgres", user: str = "postgres") -> str:
         return f"host={self.socket_dir} port={self.port} dbname={dbname} user={user}"
@@ -240,6 +254,12 @@ class PostgresServer:
             raise ValueError(f"not a plain database name: {name!r}")
         self.execute(f"CREATE DATABASE {name}")
         return name
+
+    def allow(self, hba_line: str) -> None:
+        """Put ``hba_line`` first in ``pg_hba.conf`` and reload the server."""
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(hba_line.rstrip("\n") + "\n" + hba.read_text())
+        self.run("pg_ctl", "reload", "-D", str(self.data))
 
     @property
     def postmaster_pid(self) -> int | None:
