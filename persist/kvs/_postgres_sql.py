@@ -226,6 +226,14 @@ class Statements:
             "ON CONFLICT (k) DO UPDATE SET v = excluded.v"
         )
         self.delete = q("DELETE FROM {t} WHERE k = ANY(%b::bytea[])")
+        # The fence and the upsert in one statement: it inserts or updates every pair
+        # if the fence matched the lease row, and nothing otherwise.
+        self.fenced_upsert = q(
+            "WITH fence AS (UPDATE {lease} SET expires = now() + %s "
+            "WHERE id = 1 AND holder = %s AND generation = %s RETURNING 1) "
+            "INSERT INTO {t} (k, v) SELECT * FROM unnest(%b::bytea[], %b::bytea[]) "
+            "WHERE EXISTS (SELECT 1 FROM fence) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+        )
         self.cas_insert = q("INSERT INTO {t} (k, v) VALUES (%b, %b) ON CONFLICT (k) DO NOTHING")
         self.cas_update = q("UPDATE {t} SET v = %b WHERE k = %b AND v = %b")
         self.cas_delete = q("DELETE FROM {t} WHERE k = %b AND v = %b")

@@ -345,10 +345,11 @@ def _start(
     settings: dict[str, str],
     *,
     port: int = 5432,
+    parent: Path | None = None,
 ) -> PostgresServer:
     """Make a directory, arm its watchdog, ``fill(data)``, then ``pg_ctl start``."""
     user, uid, gid = _server_user()
-    base = Path(tempfile.mkdtemp(prefix="persist-pg-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="persist-pg-", dir=parent))  # None: /tmp
     read_end, write_end = os.pipe()
     try:
         watchdog = subprocess.Popen(
@@ -389,9 +390,13 @@ def _start(
 
 
 def start_server(
-    settings: Mapping[str, str] | None = None, *, bin_dir: Path | None = None
+    settings: Mapping[str, str] | None = None,
+    *,
+    bin_dir: Path | None = None,
+    parent: Path | None = None,
 ) -> PostgresServer:
-    """``initdb`` and start a fresh server under ``/tmp``; see the module docstring.
+    """``initdb`` and start a fresh server in a new directory under ``parent``
+    (default ``/tmp``; the benchmarks put it on the repository's disk).
 
     Raises :class:`ServerUnavailable` when no server can be run here.
     """
@@ -406,7 +411,7 @@ def start_server(
             cwd=data.parent,
         )
 
-    return _start(programs, fill, dict(settings or {}))
+    return _start(programs, fill, dict(settings or {}), parent=parent)
 
 
 @contextlib.contextmanager

@@ -284,7 +284,12 @@ def test_second_writer_process_is_refused_promptly(
         assert store.get(b"held") == b"1"
 
 
-def test_takeover_of_an_expired_lease_fences_the_old_writer(pg_server: PostgresServer) -> None:
+@pytest.mark.parametrize(
+    "deletes", [[], [b"q"]], ids=["one fenced statement", "a fenced transaction"]
+)
+def test_takeover_of_an_expired_lease_fences_the_old_writer(
+    pg_server: PostgresServer, deletes: list[bytes]
+) -> None:
     location = pg_location(pg_server)
     lease_table = _table(location) + "_lease"
     old = PostgreSQLStore(location, advisory_lock=False)
@@ -295,7 +300,9 @@ def test_takeover_of_an_expired_lease_fences_the_old_writer(pg_server: PostgresS
         with PostgreSQLStore(location, advisory_lock=False) as new:
             assert admin.execute(f"SELECT generation FROM {lease_table}").fetchone() == (2,)
             with pytest.raises(StoreLocked, match="took over"):
-                old.write({b"a": b"stale", b"z": b"stale"}, deletes=[b"q"])
+                old.write({b"a": b"stale", b"z": b"stale"}, deletes=deletes)
+            with pytest.raises(StoreLocked, match="no longer holds"):
+                old.write({b"a": b"stale"})  # stepped down for good
             with pytest.raises(StoreLocked):
                 old.compare_and_set(b"a", b"1", b"stale")
             assert not old.holds_lease() and new.holds_lease()
