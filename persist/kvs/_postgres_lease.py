@@ -66,6 +66,7 @@ class WriterLease:
         seconds: float,
         *,
         advisory_key: int | None,
+        lock_timeout: bool,
     ) -> None:
         self.where = where
         self.seconds = seconds
@@ -75,6 +76,7 @@ class WriterLease:
         self._sql = sql
         self._connect = connect
         self._advisory_key = advisory_key
+        self._lock_timeout = lock_timeout
         self._session: Session | None = None
         self._advisory_held = False
         self._deadline = 0.0  # monotonic; the handle writes only before it
@@ -123,8 +125,8 @@ class WriterLease:
 
     def _prepare(self, conn: psycopg.Connection[Any]) -> bool:
         """Set the lease connection up; False when another session has the advisory lock."""
-        # A renewal must not wait longer than the renewal period for a row lock.
-        conn.execute(f"SET lock_timeout = {max(1, int(self.seconds * 250))}")
+        if self._lock_timeout:  # a renewal must not wait past the renewal period for a row lock
+            conn.execute(f"SET lock_timeout = {max(1, int(self.seconds * 250))}")
         if self._advisory_key is None:
             return True
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._advisory_key,)).fetchone()

@@ -233,6 +233,7 @@ class PostgreSQLStore(Store):
                 functools.partial(self._connect, "lease"),
                 self._lease_seconds,
                 advisory_key=key,
+                lock_timeout=self.engine == "postgresql",
             )
             self._lease.acquire()
             self._writer = self._new_writer()
