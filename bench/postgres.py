@@ -361,8 +361,13 @@ directory in the scratch space, Unix socket, `fsync` and `synchronous_commit` on
 {", ".join(f"`{k}={v}`" for k, v in pg["settings"].items())}), against plain psycopg
 {psycopg.__version__} on the same server in the same run; {profile["repeats"]} repeats,
 interleaved; ratios per repeat, median (range), above 1: persist is faster.
-Run: `python -m bench --only postgres`, then
-`python -m bench.postgres splice bench/results/partial.json docs/benchmarks.md`.
+Measured {results["started"][:10]} at revision {results["machine"]["revision"]}
+({results["machine"]["cpu"]}, {results["machine"]["cores"]} cores; `fdatasync` of 4 KiB
+{results["machine"]["fsync_seconds"] * 1e3:.3f} ms at the start of the run); raw results in
+`bench/results/postgres.json`. Run: `.venv/bin/pip install -q -e '.[bench,postgresql]' &&
+.venv/bin/python -m bench --only postgres`, then `cp bench/results/partial.json
+bench/results/postgres.json && .venv/bin/python -m bench.postgres splice
+bench/results/postgres.json docs/benchmarks.md` (a full `python -m bench` renders it too).
 {note}
 {targets}
 **Bulk load** of {b["pairs"]:,} pairs (pairs/s; bytes per pair: the table with its index
