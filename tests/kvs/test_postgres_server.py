@@ -19,12 +19,13 @@ from persist.testing.pgserver import REQUIRE_ENV, PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
-START_AND_WAIT = """
-import sys, time
-from persist.testing.pgserver import start_server
-server = start_server()
-print(server.base, server.postmaster_pid, flush=True)
-time.sleep(600)
+HOLDING_TEST = """
+import time
+
+
+def test_hold(pg_server):
+    print(pg_server.base, pg_server.postmaster_pid, flush=True)
+    time.sleep(600)
 """
 
 
@@ -36,15 +37,26 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent has not reaped it
 
 
-def test_a_killed_test_process_leaves_no_server_behind(pg_server: PostgresServer) -> None:
+def test_a_killed_pytest_leaves_no_server_behind(pg_server: PostgresServer, tmp_path: Path) -> None:
+    """A pytest run holding the session server (the real ``pg_server`` fixture) is
+    SIGKILLed: no fixture teardown, no atexit; the watchdog alone stops the server."""
+    (tmp_path / "conftest.py").write_text("from tests.conftest import pg_server  # noqa: F401\n")
+    (tmp_path / "test_hold.py").write_text(HOLDING_TEST)
     child = subprocess.Popen(
-        [sys.executable, "-c", START_AND_WAIT], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     assert child.stdout is not None
-    base, pid = child.stdout.readline().split()
+    line = ""
+    while not line.startswith("/"):  # pytest's own lines come first
+        line = child.stdout.readline()
+        assert line, "the child test run ended before it held a server"
+    base, pid = line.split()[-2:]
     postmaster = int(pid)
     assert _alive(postmaster) and Path(base, "data", "PG_VERSION").exists()
-    child.send_signal(signal.SIGKILL)  # no atexit, no finally: only the watchdog is left
+    child.send_signal(signal.SIGKILL)
     child.wait()
     deadline = time.monotonic() + 30
     while (_alive(postmaster) or Path(base).exists()) and time.monotonic() < deadline:
