@@ -107,6 +107,7 @@ from .base import Snapshot, Store
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_MAX_READERS",
     "DEFAULT_TABLE",
     "PostgreSQLStore",
     "PostgresLocation",
@@ -120,6 +121,10 @@ _PROBE_ROWS = 32
 _PAGE_ROWS = 1000
 #: Bytes of puts per INSERT statement; a larger batch takes several, in one transaction.
 _CHUNK_BYTES = 32 << 20
+#: Read connections a store opens at most (servers default to 100 connections in all);
+#: a read finding them all busy waits up to ``_POOL_WAIT`` seconds for one.
+DEFAULT_MAX_READERS = 16
+_POOL_WAIT = 30.0
 
 
 class PostgreSQLStore(Store):
@@ -134,15 +139,20 @@ class PostgreSQLStore(Store):
         create: bool = True,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         advisory_lock: bool = True,
+        max_readers: int = DEFAULT_MAX_READERS,
     ) -> None:
         self._where = parse_postgres_location(location)
         super().__init__(self._where.location, durable=durable, read_only=read_only)
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
+        if max_readers < 1:
+            raise ValueError("max_readers must be at least 1")
         self._sql = Statements(self._where.table)
-        self._pool_lock = threading.Lock()
+        self._max_readers = max_readers
+        self._pool_lock = threading.Condition(threading.Lock())
         self._idle: list[Session] = []
         self._sessions: set[Session] = set()
+        self._opening = 0  # connections being opened, counted against max_readers
         self._write_lock = threading.Lock()
         self._writer: Session | None = None
         self._lease: WriterLease | None = None
@@ -190,7 +200,7 @@ class PostgreSQLStore(Store):
         return translated
 
     def _open(self, *, create: bool) -> None:
-        session = self._new_session()
+        session = self._acquire()
         try:
             conn = session.conn
             version = str(self._fetch(conn, "SELECT version()")[0][0])
@@ -281,8 +291,16 @@ class PostgreSQLStore(Store):
     # -- the read pool -------------------------------------------------------------
 
     def _new_session(self) -> Session:
-        session = Session(self._connect("read"))
+        """A new pooled connection; its place in the pool is already counted."""
+        try:
+            session = Session(self._connect("read"))
+        except BaseException:
+            with self._pool_lock:
+                self._opening -= 1
+                self._pool_lock.notify()
+            raise
         with self._pool_lock:
+            self._opening -= 1
             if not self._closed:
                 self._sessions.add(session)
                 return session
@@ -290,13 +308,25 @@ class PostgreSQLStore(Store):
         raise ClosedError(f"store {self.location} is closed")
 
     def _acquire(self) -> Session:
+        deadline = time.monotonic() + _POOL_WAIT
         with self._pool_lock:
-            if self._closed:
-                raise ClosedError(f"store {self.location} is closed")
-            if self._idle:
-                session = self._idle.pop()
-                session.used = True
-                return session
+            while True:
+                if self._closed:
+                    raise ClosedError(f"store {self.location} is closed")
+                if self._idle:
+                    session = self._idle.pop()
+                    session.used = True
+                    return session
+                if len(self._sessions) + self._opening < self._max_readers:
+                    self._opening += 1
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreIOError(
+                        f"all {self._max_readers} read connections of store {self.location} "
+                        f"stayed busy for {_POOL_WAIT:g} s (open snapshots, unfinished scans?)"
+                    )
+                self._pool_lock.wait(left)
         return self._new_session()
 
     def _release(self, session: Session) -> None:
@@ -308,6 +338,7 @@ class PostgreSQLStore(Store):
             except psycopg.Error:
                 healthy = False
         with self._pool_lock:
+            self._pool_lock.notify()
             if healthy and not self._closed:
                 self._idle.append(session)
                 return
@@ -527,6 +558,7 @@ class PostgreSQLStore(Store):
         with self._pool_lock:
             snapshots, self._snapshots = list(self._snapshots), set()
             sessions, self._sessions, self._idle = list(self._sessions), set(), []
+            self._pool_lock.notify_all()  # a read waiting for a connection: it is closed
         for snap in snapshots:
             snap._detach()
         for session in sessions:

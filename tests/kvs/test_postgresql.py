@@ -594,3 +594,31 @@ def test_kill_minus_nine_of_a_writer(pg_server: PostgresServer) -> None:
         assert proc.returncode == -signal.SIGKILL
         last = check_after_kill(location, acked[-1])
     assert last > kills
+
+
+def test_reads_wait_for_a_free_connection_of_a_bounded_pool(pg_server: PostgresServer) -> None:
+    location = pg_location(pg_server)
+    table = _table(location)
+    with PostgreSQLStore(location, max_readers=2) as store:
+        store.write({b"%04d" % i: b"v" for i in range(200)})
+        first, second = store.snapshot(), store.snapshot()  # both connections held
+        got: list[object] = []
+        reader = threading.Thread(target=lambda: got.append(store.get(b"0001")))
+        reader.start()
+        reader.join(timeout=0.3)
+        assert reader.is_alive() and not got  # waiting, not opening a third connection
+        assert len(_backend_pids(_admin(pg_server), "read", table)) == 2
+        first.close()
+        reader.join(timeout=10)
+        assert got == [b"v"]
+        scan = iter(store.scan())
+        next(scan)  # a paged scan holds the other connection until it ends
+        errors: list[BaseException | None] = []
+        blocked = threading.Thread(target=lambda: errors.append(_attempt(store.get, b"0002")))
+        blocked.start()
+        blocked.join(timeout=0.3)
+        assert blocked.is_alive()
+        assert len(list(scan)) == 199  # the scan ends: its connection goes back to the pool
+        blocked.join(timeout=10)
+        assert errors == [None]
+        second.close()
