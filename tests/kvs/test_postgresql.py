@@ -554,6 +554,9 @@ def test_synchronous_commit_follows_durable(pg_server: PostgresServer, durable: 
         assert store.get(b"k") == b"v"
 
 
+ROLES = ("read", "write", "lease")
+
+
 @pytest.mark.slow
 def test_kill_minus_nine_of_a_writer(pg_server: PostgresServer) -> None:
     """tests/kvs/test_kill.py on PostgreSQL: SIGKILL a writer at random moments; every
@@ -563,6 +566,7 @@ def test_kill_minus_nine_of_a_writer(pg_server: PostgresServer) -> None:
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root))
     rng = random.Random(int.from_bytes(os.urandom(4)))
+    admin, table = _admin(pg_server), _table(location)
     last, kills = -1, 5
     for _ in range(kills):
         proc = subprocess.Popen(
@@ -592,6 +596,10 @@ def test_kill_minus_nine_of_a_writer(pg_server: PostgresServer) -> None:
         proc.wait()
         reader.join()
         assert proc.returncode == -signal.SIGKILL
+        # Unlike a file, the server may still commit the batch in flight after its client
+        # died (its backend notices the closed socket only after the statement): check
+        # once the dead writer's sessions are gone, as the next writer's takeover waits.
+        _wait_for(lambda: not any(_backend_pids(admin, role, table) for role in ROLES))
         last = check_after_kill(location, acked[-1])
     assert last > kills
 
