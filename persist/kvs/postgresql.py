@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -72,6 +73,7 @@ from typing import Any
 try:
     import psycopg
     from psycopg import errors as pgerrors
+    from psycopg import sql as pgsql
 except ImportError:  # pragma: no cover - depends on the installation
     raise ImportError(
         "postgresql:// locations need psycopg 3: pip install 'persist-store[postgresql]'"
@@ -125,6 +127,10 @@ _CHUNK_BYTES = 32 << 20
 #: a read finding them all busy waits up to ``_POOL_WAIT`` seconds for one.
 DEFAULT_MAX_READERS = 16
 _POOL_WAIT = 30.0
+#: Seconds ``compact`` waits for the table's exclusive lock before it settles for less.
+_COMPACT_LOCK_WAIT = 5.0
+
+_log = logging.getLogger("persist.kvs")
 
 
 class PostgreSQLStore(Store):
@@ -550,6 +556,51 @@ class PostgreSQLStore(Store):
 
         done: bool = self._transaction("a compare-and-set", body)
         return done
+
+    # -- compaction ------------------------------------------------------------------
+
+    def compact(self) -> None:
+        """Drop what the server still keeps of deleted and overwritten rows, where it can.
+
+        Called after a master-key rotation (docs/security.md).  On PostgreSQL:
+        ``VACUUM FULL`` of the table, which writes it anew and unlinks the old
+        files; it needs the table's exclusive lock, and waits for it at most
+        :data:`_COMPACT_LOCK_WAIT` seconds (open snapshots and scans, of any
+        handle, hold a shared one), then falls back to a plain ``VACUUM``,
+        which frees the dead rows' space for reuse without erasing it.  What the
+        server's WAL, standbys and backups hold is beyond a client's reach
+        (docs/kvs.md).  Elsewhere nothing: CockroachDB and YugabyteDB collect old
+        versions themselves.
+        """
+        self._check_open()
+        if self.read_only or self.engine != "postgresql":
+            return
+        table = pgsql.Identifier(self._where.table)
+        with self._write_lock:
+            session = self._writer
+            if session is None or self._closed:
+                raise ClosedError(f"store {self.location} is closed")
+            with session.lock:
+                conn = session.conn
+                try:
+                    wait = f"SET lock_timeout = {int(_COMPACT_LOCK_WAIT * 1000)}"
+                    conn.execute(wait)
+                    try:
+                        conn.execute(pgsql.SQL("VACUUM FULL {}").format(table))
+                    except pgerrors.LockNotAvailable:
+                        _log.warning(
+                            "store %s: VACUUM FULL waited %g s for the table's lock (open "
+                            "snapshots or scans); a plain VACUUM runs instead",
+                            self.location,
+                            _COMPACT_LOCK_WAIT,
+                        )
+                        conn.execute(pgsql.SQL("VACUUM {}").format(table))
+                    finally:
+                        conn.execute("RESET lock_timeout")
+                except pgerrors.InsufficientPrivilege:
+                    _log.warning("store %s: not allowed to vacuum its table", self.location)
+                except psycopg.Error as exc:
+                    raise self._error(exc, "compacting") from cause(exc, self._where)
 
     # -- closing -------------------------------------------------------------------
 

@@ -630,3 +630,41 @@ def test_reads_wait_for_a_free_connection_of_a_bounded_pool(pg_server: PostgresS
         blocked.join(timeout=10)
         assert errors == [None]
         second.close()
+
+
+def _filenode(admin: psycopg.Connection[Any], table: str) -> int:
+    row = admin.execute("SELECT pg_relation_filenode(%s)", (table,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_compact_rewrites_the_table(
+    pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a master-key rotation asks for afterwards: the deleted and overwritten rows
+    leave the table's files (VACUUM FULL writes new ones); with a snapshot open the
+    exclusive lock is not waited for forever: a plain VACUUM runs instead."""
+    monkeypatch.setattr(postgresql, "_COMPACT_LOCK_WAIT", 0.5)
+    location = pg_location(pg_server)
+    table = _table(location)
+    admin = _admin(pg_server)
+    with open_store(location) as store:
+        store.write({b"%04d" % i: b"old key material" * 20 for i in range(500)})
+        store.write(
+            {b"%04d" % i: b"new" for i in range(250)},
+            deletes=[b"%04d" % i for i in range(250, 500)],
+        )
+        before = _filenode(admin, table)
+        store.compact()
+        assert _filenode(admin, table) != before
+        assert dict(store.scan()) == {b"%04d" % i: b"new" for i in range(250)}
+        with store.snapshot() as snap:
+            held = _filenode(admin, table)
+            started = time.monotonic()
+            store.compact()  # does not wait for the snapshot to close
+            assert time.monotonic() - started < 5
+            assert _filenode(admin, table) == held
+            assert snap.get(b"0001") == b"new"
+        assert "plain VACUUM runs instead" in caplog.text
+    with open_store(location, read_only=True) as reader:
+        reader.compact()  # nothing to do for a reader
