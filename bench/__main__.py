@@ -52,7 +52,15 @@ STEPS: dict[str, Step] = {
     "scaling": _scaling_and_verify,
     "open": lambda p, s, d: {"open": scenarios.open_times(p, s)},
     "ebs": lambda p, s, d: {"ebs": scenarios.ebs_micro(p)},
+    "postgres": lambda p, s, d: _postgres().step(p, s, d),
 }
+
+
+def _postgres() -> Any:
+    """bench/postgres.py, imported only when used (it needs psycopg and a server)."""
+    from . import postgres
+
+    return postgres
 
 
 def _paths(quick: bool, partial: bool) -> tuple[Path, Path, Path]:
@@ -102,7 +110,10 @@ def render(results: dict[str, Any], markdown: Path, plot_dir: Path) -> None:
     plot_dir.mkdir(parents=True, exist_ok=True)
     figures = plots.draw_all(results, plot_dir)
     rel = {name: path.relative_to(markdown.parent).as_posix() for name, path in figures.items()}
-    markdown.write_text(report.render(results, rel), encoding="utf-8")
+    text = report.render(results, rel)
+    if "postgres" in results:
+        text = _postgres().splice(text, _postgres().section(results))
+    markdown.write_text(text, encoding="utf-8")
     log(f"wrote {markdown} and {len(figures)} plots in {plot_dir}")
 
 

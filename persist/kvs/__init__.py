@@ -6,6 +6,8 @@ Locations (DESIGN §2.1):
 ``/a/path`` or ``sqlite:///a``  SQLite through apsw (the embedded default)
 ``leveldb:///abs/dir``          LevelDB through plyvel
 ``memory:`` / ``memory:NAME``   in-memory reference backend (the oracle)
+``postgresql://user@host/db``   PostgreSQL through psycopg 3 (``?table=NAME``,
+                                ``?host=/socket/dir``; ``postgres://`` too)
 ==============================  =============================================
 """
 
@@ -34,6 +36,8 @@ def parse_location(location: str) -> tuple[str, str]:
     location = os.fspath(location)
     if location.startswith("memory:"):
         return "memory", location[len("memory:") :]
+    if location.startswith(("postgresql://", "postgres://")):
+        return "postgresql", location  # the whole URI: the backend parses it
     for scheme in ("sqlite", "leveldb"):
         prefix = scheme + "://"
         if location.startswith(prefix):
@@ -70,6 +74,10 @@ def open_store(
         from .sqlite import SQLiteStore
 
         return SQLiteStore(rest, durable=durable, read_only=read_only, create=create)
+    if scheme == "postgresql":
+        from .postgresql import PostgreSQLStore
+
+        return PostgreSQLStore(rest, durable=durable, read_only=read_only, create=create)
     from .leveldb import LevelDBStore
 
     return LevelDBStore(rest, durable=durable, read_only=read_only, create=create)
