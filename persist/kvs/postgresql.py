@@ -540,6 +540,32 @@ class PostgreSQLStore(Store):
 
         self._transaction("a write", body)
 
+    def _write_if(
+        self,
+        key: bytes,
+        expected: bytes | None,
+        puts: Iterator[tuple[bytes, bytes]],
+        deletes: list[bytes],
+    ) -> bool:
+        """The check and the batch in one fenced transaction (contract rule 11); this
+        handle's writes are serialized and the lease keeps every other writer out."""
+        batch = dict(puts)
+        gone = list(dict.fromkeys(deletes))
+        sql, chunks = self._sql, list(_chunks(batch))
+
+        def body(conn: psycopg.Connection[Any]) -> bool:
+            row = conn.execute(sql.get, (key,), binary=True).fetchone()
+            if (None if row is None else bytes(row[0])) != expected:
+                return False
+            if gone:
+                conn.execute(sql.delete, (gone,), prepare=True)
+            for keys, values in chunks:
+                conn.execute(sql.upsert, (keys, values), prepare=True)
+            return True
+
+        done: bool = self._transaction("a conditional write", body)
+        return done
+
     def _compare_and_set(self, key: bytes, expected: bytes | None, new: bytes | None) -> bool:
         sql = self._sql
 

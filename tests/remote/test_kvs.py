@@ -129,14 +129,21 @@ def test_an_interrupted_copy_is_never_listed(
         assert dst.list_containers() == ["copy"]
 
 
-def test_fencing_needs_a_conditional_batch_on_shared_backends(tmp_path: Path) -> None:
-    """A backend whose writable handle does not exclude other writers
-    (PostgreSQL) needs ``write_if``; without it a fenced write refuses."""
-    with open_target(str(tmp_path / "t.db"), create=True) as t:
+def test_fencing_on_postgresql_is_one_conditional_batch(pg_server: object) -> None:
+    """A backend whose writable handle does not exclude other writers of the target
+    (PostgreSQL) fences with the kvs contract's conditional batch (``write_if``):
+    the lease check and the batch are one transaction."""
+    from tests.conftest import pg_location
+
+    location = pg_location(pg_server)  # type: ignore[arg-type]
+    with open_target(location, create=True) as t:
         c = t.container()
         assert isinstance(c, KvsContainer)
-        assert c.swap_lease(None, held_record())
-        t._scheme = "postgresql"  # what the check sees for such a backend
-        with pytest.raises(StoreError, match="conditional batch"):
-            c.write_if_lease(held_record(), {b"root": b"r"})
-        assert c.get(b"root") is None
+        mine = held_record()
+        assert c.swap_lease(None, mine)
+        assert c.write_if_lease(mine, {b"root": b"r1"})
+        assert c.get(b"root") == b"r1"
+        other = held_record("someone-else", generation=2)
+        assert c.swap_lease(mine, other)  # taken over
+        assert not c.write_if_lease(mine, {b"root": b"r2"})
+        assert c.get(b"root") == b"r1"
