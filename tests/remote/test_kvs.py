@@ -12,7 +12,6 @@ import pytest
 from persist.errors import (
     ContainerExists,
     IntegrityError,
-    StoreError,
     StoreLocked,
     StoreNotFound,
 )
@@ -143,7 +142,7 @@ def test_fencing_on_postgresql_is_one_conditional_batch(pg_server: object) -> No
         assert c.swap_lease(None, mine)
         assert c.write_if_lease(mine, {b"root": b"r1"})
         assert c.get(b"root") == b"r1"
-        other = held_record("someone-else", generation=2)
+        other = held_record("someone-else", generation=2, serial=2)
         assert c.swap_lease(mine, other)  # taken over
         assert not c.write_if_lease(mine, {b"root": b"r2"})
         assert c.get(b"root") == b"r1"
