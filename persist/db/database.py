@@ -219,6 +219,19 @@ class _Reader:
         raise ReadOnlyError("the database is open read-only")
 
 
+class _Closed:
+    """The read and write path of a closed database: every call raises ClosedError,
+    so no read is served from a cache or a wave after ``close``."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+
+    def _refuse(self, *_: object) -> Any:
+        raise ClosedError(f"database {self.location} is closed")
+
+    get = scan = count = put = delete = write_many = _refuse
+
+
 _open_databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
@@ -283,6 +296,7 @@ class Database:
 
     def tables(self) -> list[str]:
         """Names of the committed tables (not counting internal ones)."""
+        self._check_open()
         return [n for n in self._trees.tables() if not n.startswith(_RESERVED)]
 
     # -- transactions ------------------------------------------------------------
@@ -354,6 +368,7 @@ class Database:
 
     def record_types(self) -> dict[str, Any]:
         """The schema descriptors of the record types stored in this database."""
+        self._check_open()
         return {str(decode_key(k)): cbor2.loads(v) for k, v in self._access.scan(SCHEMA)}
 
     def _writer(self) -> Multiplexer:
@@ -377,11 +392,20 @@ class Database:
         self._trees.refresh()
 
     def close(self) -> None:
-        """Commit what is pending, then close.  Idempotent."""
+        """Commit what is pending, then close.  Idempotent.
+
+        Inside an atomic block it raises RuntimeError and changes nothing: the
+        database stays open, the block's writes land when it ends, and
+        ``close`` works once it has.
+        """
         if self._closed:
             return
+        if self._mux is not None and self._mux.in_atomic_block():
+            raise RuntimeError("close inside an atomic block would wait for the block itself")
         self._closed = True
         _open_databases.discard(self)
+        closed = _Closed(self.location)
+        self._access = self._objects.access = closed
         if self._mux is not None:
             self._mux.close()  # commits pending waves, then closes the trees
         else:
