@@ -44,7 +44,7 @@ from .rekey import TreesRekeyer
 from .rootlog import LogLimits
 from .table import Table
 from .treestore import TreeWaveStore
-from .values import RecordRegistry, ValueCodec, records
+from .values import RecordRegistry, ValueCodec, decode_stored, records
 from .verify import Issue, Progress, verify_database
 
 __all__ = ["ROOT", "SCHEMA", "Database", "open"]
@@ -293,6 +293,21 @@ class Database:
         if not name or name.startswith(_RESERVED) or len(name.encode()) > 200:
             raise ValueError("table names are 1-200 bytes and may not start with '__'")
         return Table(self, name)
+
+    def inspect(self, name: str | None = None) -> Iterator[tuple[Any, Any]]:
+        """The entries of table ``name`` (default: the root map), decoded without
+        the application's classes, for tools such as ``persist dump``.
+
+        A record comes back as a :class:`~persist.db.values.StoredRecord` (type
+        name and fields), a persistent object as a
+        :class:`~persist.db.values.StoredObject` (oid and stored class path),
+        a value that does not decode as an :class:`~persist.db.values.Undecodable`;
+        nothing is imported or constructed.
+        """
+        table = self.root if name is None else self.table(name)
+        class_path = self._objects.class_path
+        for key, raw in self._access.scan(table.name):
+            yield decode_key(key), decode_stored(raw, class_path)
 
     def tables(self) -> list[str]:
         """Names of the committed tables (not counting internal ones)."""

@@ -285,6 +285,15 @@ class ObjectSpace:
             self._identity[oid] = obj
             return obj
 
+    def class_path(self, oid: int) -> str | None:
+        """The stored ``module:qualname`` of object ``oid`` (nothing imported),
+        or None when it has no class row."""
+        raw = self.access.get(OBJECTS, encode_key((oid,)))
+        if raw is None:
+            return None
+        path = cbor2.loads(raw)
+        return path if isinstance(path, str) else None
+
     # -- saving and loading state ------------------------------------------------
 
     def _first_free_oid(self) -> int:

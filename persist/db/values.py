@@ -59,7 +59,11 @@ __all__ = [
     "ObjectResolver",
     "RecordRegistry",
     "SchemaError",
+    "StoredObject",
+    "StoredRecord",
+    "Undecodable",
     "ValueCodec",
+    "decode_stored",
     "record",
 ]
 
@@ -586,3 +590,56 @@ def _decode_decimal(text: Any, immutable: bool) -> Decimal:
     if value.is_finite() and not (value.is_zero() and value.is_signed()):
         raise ValueError("tag 39993 holds only what tag 4 cannot")
     return value
+
+
+# -- decoding without the application's classes (tools: persist dump) ----------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredRecord:
+    """A record as stored: its type name and fields, without its class."""
+
+    name: str
+    fields: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredObject:
+    """A reference to a persistent object: its oid and stored class path
+    (``module:qualname``; None when the object's class row is missing)."""
+
+    oid: int
+    class_path: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Undecodable:
+    """A stored value that does not decode, and why."""
+
+    reason: str
+
+
+def decode_stored(data: bytes, class_path: Callable[[int], str | None]) -> Any:
+    """Decode a stored value without importing or constructing anything of the
+    application's: records become :class:`StoredRecord`, references
+    :class:`StoredObject` (``class_path(oid)`` names the class); a value that
+    does not decode is an :class:`Undecodable`."""
+
+    def record(content: Any, immutable: bool) -> StoredRecord:
+        name, fields = content
+        return StoredRecord(str(name), fields)
+
+    def reference(oid: Any, immutable: bool) -> StoredObject:
+        return StoredObject(int(oid), class_path(int(oid)))
+
+    decoders: dict[int, Callable[[Any, bool], Any]] = {
+        TAG_TUPLE: _decode_tuple,
+        TAG_FROZENSET: _decode_frozenset,
+        TAG_DECIMAL: _decode_decimal,
+        TAG_RECORD: record,
+        TAG_REF: reference,
+    }
+    try:
+        return cbor2.loads(data, semantic_decoders=decoders, max_depth=_DECODE_DEPTH)
+    except cbor2.CBORDecodeError as exc:
+        return Undecodable(str(exc.__cause__ or exc))
