@@ -72,7 +72,7 @@ def check_key_size(encoded: bytes) -> bytes:
     if len(encoded) > MAX_KEY_SIZE:
         raise ValueError(
             f"a key encodes to {len(encoded)} bytes; keys are at most {MAX_KEY_SIZE} "
-            "bytes encoded (a str or bytes key of up to about 1,020 bytes)"
+            "bytes encoded (a str or bytes key of up to 1,022 bytes without NUL bytes)"
         )
     return encoded
 
