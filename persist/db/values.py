@@ -444,35 +444,38 @@ class ValueCodec:
         Returns the record types met.  Persistent objects are leaves here: their
         attributes are values of their own.
 
-        A container whose items are all scalars costs one C-level pass over
-        them; only containers holding other containers walk item by item.
+        This runs before every encode of a container, so it is written for
+        speed: a container of more than a few items that holds only scalars
+        costs one C-level pass over their types.
         """
-        scalars, sequences, objects = _SCALARS, _SEQUENCES, self._object_types
-        name_of = self._registry.name_of
+        scalars = _SCALARS
         found: list[tuple[type[Any], str]] = []
+        if type(value) in scalars:
+            return found
+        objects = self._object_types
         todo: list[tuple[Any, int]] = [(value, 0)]
+        pop, push = todo.pop, todo.append
         while todo:
-            item, depth = todo.pop()
+            item, depth = pop()
             cls = type(item)
-            if cls in scalars or cls in objects:
+            if cls is list or cls is tuple or cls is set or cls is frozenset:
+                groups: tuple[Any, ...] = (item,)
+            elif cls is dict:
+                groups = (item.keys(), item.values())
+            elif cls in scalars or cls in objects:
                 continue
-            parts: tuple[Iterable[Any], ...]
-            if cls is dict:
-                parts = (item.keys(), item.values())
-            elif cls in sequences:
-                parts = (item,)
             elif cls is datetime.datetime:
                 reason = _datetime_refusal(item)
                 if reason is not None:
                     raise TypeError(reason)
                 continue
             else:
-                name = name_of(cls)
+                name = self._registry.name_of(cls)
                 if name is None:
                     raise TypeError(_refusal(item))
                 found.append((cls, name))
                 try:
-                    parts = ([getattr(item, f.name) for f in dataclasses.fields(item)],)
+                    groups = ([getattr(item, f) for f in _field_names(cls)],)
                 except AttributeError as exc:
                     raise TypeError(
                         f"cannot store a {name} without all its fields: {exc}"
@@ -483,10 +486,12 @@ class ValueCodec:
                     f"cannot store a value nested more than {MAX_DEPTH} containers deep "
                     "(or one that contains itself)"
                 )
-            for part in parts:
-                if set(map(type, part)) <= scalars:
+            for members in groups:
+                if len(members) > 8 and set(map(type, members)) <= scalars:
                     continue
-                todo.extend((x, depth) for x in part if type(x) not in scalars)
+                for x in members:
+                    if type(x) not in scalars:
+                        push((x, depth))
         return found
 
     def _encode_object(self, encoder: Any, value: Any) -> None:
@@ -498,7 +503,7 @@ class ValueCodec:
         name = self._registry.name_of(cls)
         if name is None:
             raise TypeError(_refusal(value))
-        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        fields = {f: getattr(value, f) for f in _field_names(cls)}
         encoder.encode(cbor2.CBORTag(TAG_RECORD, [name, fields]))
 
     # -- decoding ----------------------------------------------------------------
@@ -554,6 +559,17 @@ class ValueCodec:
         for k in late:  # fields the constructor does not take, as they were stored
             object.__setattr__(obj, k, fields[k])
         return obj
+
+
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    """The fields of a record class, in order (a dataclass's fields never change)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def _too_large(size: int) -> str:
