@@ -66,35 +66,39 @@ def opts(home: Path, *extra: str) -> list[str]:
     return ["--passphrase-file", str(home / "pw"), "--allow-weak-kdf", "--no-freshness", *extra]
 
 
-USAGE_ERRORS = {
-    "kdf memory below the floor": ("init", "{new}", "--passphrase-file", "{pw}", "--no-freshness",
-                                   "--kdf-memory-mib", "8"),
-    "kdf time below the floor": ("init", "{new}", "--passphrase-file", "{pw}", "--no-freshness",
-                                 "--kdf-time", "1"),
-    "kdf lanes above the ceiling": ("init", "{new}", "--passphrase-file", "{pw}", "--no-freshness",
-                                    "--kdf-parallelism", "99"),
-    "31-byte key file at init": ("init", "{new}", "--key-file", "{key31}", "--no-freshness"),
-    "31-byte key file at verify": ("verify", "{db}", "--key-file", "{key31}", "--no-freshness"),
-    "31-byte key file at passwd": ("passwd", "{db}", "--key-file", "{key31}", "--no-freshness",
-                                   "--new-passphrase-file", "{pw}"),
-    "missing key file": ("info", "{db}", "--key-file", "{home}/nokey", "--no-freshness"),
-    "relative leveldb path": ("verify", "leveldb://relative/path", *["--no-freshness"]),
-    "relative leveldb path at init": ("init", "leveldb://rel", "--passphrase-file", "{pw}"),
-    "unknown scheme": ("info", "foo://x", "--no-freshness"),
-    "reserved table": ("dump", "{db}", "__objects__", "{opts}"),
-    "empty table name": ("dump", "{db}", "", "{opts}"),
-    "nonexistent table": ("dump", "{db}", "nosuch", "{opts}"),
-    "unwritable freshness at init": ("init", "{new}", "--passphrase-file", "{pw}",
+USAGE_ERRORS = {  # name: (words the one line must hold, arguments)
+    "kdf memory below the floor": ("KDF parameters", "init", "{new}", "--passphrase-file", "{pw}",
+                                   "--no-freshness", "--kdf-memory-mib", "8"),
+    "kdf time below the floor": ("KDF parameters", "init", "{new}", "--passphrase-file", "{pw}",
+                                 "--no-freshness", "--kdf-time", "1"),
+    "kdf lanes above the ceiling": ("KDF parameters", "init", "{new}", "--passphrase-file", "{pw}",
+                                    "--no-freshness", "--kdf-parallelism", "99"),
+    "31-byte key file at init": ("32 raw bytes", "init", "{new}", "--key-file", "{key31}",
+                                 "--no-freshness"),
+    "31-byte key file at verify": ("32 raw bytes", "verify", "{db}", "--key-file", "{key31}",
+                                   "--no-freshness"),
+    "31-byte key file at passwd": ("32 raw bytes", "passwd", "{db}", "--key-file", "{key31}",
+                                   "--no-freshness", "--new-passphrase-file", "{pw}"),
+    "missing key file": ("cannot read key file", "info", "{db}", "--key-file", "{home}/nokey",
+                         "--no-freshness"),
+    "relative leveldb path": ("absolute path", "verify", "leveldb://relative/path", "{opts}"),
+    "relative leveldb path at init": ("absolute path", "init", "leveldb://rel", "{opts}"),
+    "unknown scheme": ("unknown store location scheme", "info", "foo://x", "{opts}"),
+    "reserved table": ("may not start with '__'", "dump", "{db}", "__objects__", "{opts}"),
+    "empty table name": ("table names are 1-200 bytes", "dump", "{db}", "", "{opts}"),
+    "nonexistent table": ("no table named 'nosuch'", "dump", "{db}", "nosuch", "{opts}"),
+    "unwritable freshness at init": ("--freshness", "init", "{new}", "--passphrase-file", "{pw}",
                                      "--weak-kdf-for-tests", "--freshness", "/proc/persist-x"),
-    "freshness and no-freshness": ("info", "{db}", "--passphrase-file", "{pw}",
+    "freshness and no-freshness": ("not both", "info", "{db}", "--passphrase-file", "{pw}",
                                    "--freshness", "{home}/f", "--no-freshness"),
-    "unknown command": ("bogus",),
-    "missing argument": ("verify",),
+    "unknown command": ("No such command", "bogus"),
+    "missing argument": ("Missing argument", "verify"),
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("args", list(USAGE_ERRORS.values()), ids=list(USAGE_ERRORS))
-def test_usage_error_is_one_line_and_exit_2(home: Path, args: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("case", list(USAGE_ERRORS.values()), ids=list(USAGE_ERRORS))
+def test_usage_error_is_one_line_and_exit_2(home: Path, case: tuple[str, ...]) -> None:
+    words, *args = case
     subst = {
         "db": str(home / "s.db"),
         "new": str(home / "new.db"),
@@ -109,7 +113,7 @@ def test_usage_error_is_one_line_and_exit_2(home: Path, args: tuple[str, ...]) -
         else:
             argv.append(a.format(**subst))
     before = created(home)
-    assert_usage_error(run(*argv))
+    assert_usage_error(run(*argv), words)
     assert created(home) == before  # a refused command creates nothing
 
 
