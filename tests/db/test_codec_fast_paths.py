@@ -38,7 +38,9 @@ def general_decode_key(data: bytes) -> object:
     return key
 
 
-class _NoObjects:
+class NoObjects:
+    """The object resolver of a codec that meets no persistent object."""
+
     def oid_of(self, obj: Any) -> int | None:
         return None
 
@@ -52,7 +54,7 @@ class _NoObjects:
         pass
 
 
-codec = ValueCodec(records, _NoObjects(), lambda cls, name: None)
+codec = ValueCodec(records, NoObjects(), lambda cls, name: None)
 
 
 def outcome(fn: Any, *args: Any) -> tuple[str, Any]:

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import uuid
 import zoneinfo
-from collections.abc import Iterator
 from email.mime.text import MIMEText
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,6 +36,7 @@ from persist.db import rootlog, values
 from persist.db.objects import OBJECTS
 from persist.db.values import MAX_DEPTH, MAX_VALUE_SIZE, RecordRegistry, ValueCodec
 from persist.ebs import KdfParams
+from tests.db.test_codec_fast_paths import NoObjects
 
 D = decimal.Decimal
 
@@ -46,15 +46,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[persist.Database]:
-    with persist.open(
-        str(tmp_path / "s.db"),
-        "pw",
-        kdf=KdfParams.weak_for_tests(),
-        allow_weak_kdf=True,
-        freshness=False,
-    ) as database:
-        yield database
+def db(sqlite_db: persist.Database) -> persist.Database:
+    return sqlite_db
 
 
 def reopen(db: persist.Database) -> persist.Database:
@@ -120,21 +113,7 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-class _NoObjects:
-    def oid_of(self, obj: Any) -> int | None:
-        return None
-
-    def load(self, oid: int) -> Any:
-        raise AssertionError("no objects here")
-
-    def settle(self) -> None:
-        pass
-
-    def abandon(self) -> None:
-        pass
-
-
-codec = ValueCodec(persist.db.records, _NoObjects(), lambda cls, name: None)
+codec = ValueCodec(persist.db.records, NoObjects(), lambda cls, name: None)
 
 
 # -- what round-trips --------------------------------------------------------------
@@ -545,6 +524,7 @@ def test_a_value_thousands_deep_is_refused_not_a_crash(tmp_path: Path) -> None:
     code = f"""
 import persist
 from persist.ebs import KdfParams
+from tests.db.test_codec_fast_paths import NoObjects
 db = persist.open({str(tmp_path / "s.db")!r}, "pw", kdf=KdfParams.weak_for_tests(),
                   allow_weak_kdf=True, freshness=False)
 v = 0

@@ -3,31 +3,22 @@
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, Iterator, KeysView, ValuesView
-from pathlib import Path
+from collections.abc import ItemsView, KeysView, ValuesView
 from typing import Any
 
 import pytest
 
 import persist
-from persist.ebs import KdfParams
 
 CONTENT = {i: i * i for i in range(10)} | {"a": [1], ("t", 1): {"x": 1}}
 
 
 @pytest.fixture
-def t(tmp_path: Path) -> Iterator[persist.Table]:
-    with persist.open(
-        str(tmp_path / "s.db"),
-        "pw",
-        kdf=KdfParams.weak_for_tests(),
-        allow_weak_kdf=True,
-        freshness=False,
-    ) as db:
-        table = db.table("t")
-        table.update(CONTENT)
-        db.commit_wait()
-        yield table
+def t(sqlite_db: persist.Database) -> persist.Table:
+    table = sqlite_db.table("t")
+    table.update(CONTENT)
+    sqlite_db.commit_wait()
+    return table
 
 
 class NoScans:
