@@ -242,7 +242,7 @@ def _only_weak_keyslots(location: str, open_opts: dict[str, Any]) -> bool:
     kind = "passphrase" if open_opts["passphrase"] is not None else "raw key"
     with open_store(location, read_only=True) as store:
         infos = []
-        for index, row in read_keyslots(store).items():
+        for index, row in read_keyslots(store.get).items():
             try:
                 infos.append(parse_keyslot(index, row).info)
             except IntegrityError:
