@@ -31,8 +31,9 @@ for command in (init, info, verify, passwd, rekey, dump, demo, lease, container)
 def main(argv: list[str] | None = None) -> None:
     """Run the command line.  Whatever stops a command is one line on stderr
     and exit status 2, never a traceback: a usage error (click's, or a
-    ValueError of the library), a storage error, or a missing backend driver (ImportError naming its
-    extra).  A ValueError of the library means an argument it refused."""
+    ValueError of the library: an argument it refused), a storage error, a
+    file the environment refuses (OSError), or a missing backend driver (an
+    ImportError naming its extra)."""
     try:
         cli.main(args=argv, prog_name="persist", standalone_mode=False)
     except click.exceptions.Abort:
