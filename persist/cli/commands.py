@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -15,17 +16,32 @@ import click
 
 from .. import db as persist_db
 from ..db.rekey import TreesRekeyer
+from ..db.values import Undecodable
 from ..db.verify import Issue
 from ..ebs import EncryptedStore, KdfParams
 from ..ebs import rekey as rotation
+from ..ebs.keyslot import parse_keyslot, read_keyslots
 from ..errors import IntegrityError, NotAStore, StoreLocked, StoreNotFound, WrongPassphrase
-from ..kvs import open_store
+from ..kvs import open_store, parse_location
+from .jsonvalues import to_json
 from .secrets import Credentials, credential_options, new_passphrase, resolve
 
 __all__ = ["dump", "info", "init", "passwd", "rekey", "verify"]
 
 #: Errors that mean "could not open": exit status 2 (DESIGN §2.7).
 CANNOT_OPEN = (WrongPassphrase, StoreNotFound, NotAStore, StoreLocked)
+
+
+def _check_location(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A LOCATION the kvs layer can parse (else a usage error, exit 2)."""
+    try:
+        parse_location(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+location_argument = click.argument("location", callback=_check_location)
 
 
 def _freshness(freshness: str | None, no_freshness: bool) -> str | Literal[False] | None:
@@ -56,7 +72,7 @@ def _database(location: str, opts: dict[str, Any], **kw: Any) -> Iterator[persis
 
 
 @click.command()
-@click.argument("location")
+@location_argument
 @credential_options
 @click.option(
     "--kdf-memory-mib",
@@ -80,13 +96,24 @@ def init(
     weak_kdf_for_tests: bool,
     **opts: Any,
 ) -> None:
-    """Create a new, empty encrypted store at LOCATION."""
+    """Create a new, empty encrypted store at LOCATION.
+
+    Every option is checked before anything is created: a refused init
+    leaves nothing behind.
+    """
     if weak_kdf_for_tests:
         kdf = KdfParams.weak_for_tests()
     else:
         kdf = KdfParams(
             time_cost=kdf_time, memory_kib=kdf_memory_mib * 1024, parallelism=kdf_parallelism
         )
+    allow_weak = weak_kdf_for_tests or opts["allow_weak_kdf"]
+    reason = kdf.refusal(allow_weak=allow_weak)
+    if reason is not None:
+        raise click.UsageError(reason.replace("allow_weak_kdf=True", "the test flag"))
+    freshness = _freshness(opts["freshness"], opts["no_freshness"])
+    if freshness:
+        _check_writable_file(freshness, "--freshness")
     creds = _init_credentials(opts)
     with open_store(location) as store:
         if next(store.scan(), None) is not None:
@@ -96,10 +123,23 @@ def init(
             creds.passphrase,
             key=creds.key,
             kdf=kdf,
-            allow_weak_kdf=weak_kdf_for_tests or opts["allow_weak_kdf"],
-            freshness=_freshness(opts["freshness"], opts["no_freshness"]),
+            allow_weak_kdf=allow_weak,
+            freshness=freshness,
         ).close()
     click.echo(f"created an encrypted store at {location}")
+
+
+def _check_writable_file(path: str, option: str) -> None:
+    """A file init will write: a probe file must be creatable beside it."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write in {parent}: {exc.strerror}", param_hint=option
+        ) from None
 
 
 def _init_credentials(opts: dict[str, Any]) -> Credentials:
@@ -112,7 +152,7 @@ def _init_credentials(opts: dict[str, Any]) -> Credentials:
 
 
 @click.command()
-@click.argument("location")
+@location_argument
 @credential_options
 def info(location: str, **opts: Any) -> None:
     """Show the format, key slots, last commit and tables of LOCATION (no secrets)."""
@@ -170,7 +210,7 @@ Exit status: 0 intact, 1 problems found (all listed), 2 could not open
 
 
 @click.command(help=VERIFY_HELP)
-@click.argument("location")
+@location_argument
 @credential_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def verify(location: str, as_json: bool, **opts: Any) -> None:
@@ -181,6 +221,11 @@ def verify(location: str, as_json: bool, **opts: Any) -> None:
     except CANNOT_OPEN:
         raise
     except IntegrityError as exc:  # damage found while opening: a finding, not a failure
+        if not open_opts["allow_weak_kdf"] and _only_weak_keyslots(location, open_opts):
+            raise click.UsageError(
+                "the store's keyslots use the weak KDF profile meant for tests; "
+                "it is refused without the test flag"
+            ) from None
         issues = [Issue(type(exc).__name__, "", str(exc))]
     else:
         try:
@@ -189,6 +234,21 @@ def verify(location: str, as_json: bool, **opts: Any) -> None:
             db.close()
     _report(location, issues, as_json)
     sys.exit(1 if issues else 0)
+
+
+def _only_weak_keyslots(location: str, open_opts: dict[str, Any]) -> bool:
+    """Whether every readable keyslot of the credential's kind uses the weak test
+    profile: then the KDF policy refused the open, and nothing is damaged."""
+    kind = "passphrase" if open_opts["passphrase"] is not None else "raw key"
+    with open_store(location, read_only=True) as store:
+        infos = []
+        for index, row in read_keyslots(store.get).items():
+            try:
+                infos.append(parse_keyslot(index, row).info)
+            except IntegrityError:
+                return False  # a damaged keyslot is a finding
+    mine = [i for i in infos if i.kind == kind]
+    return bool(mine) and all(i.weak_kdf for i in mine)
 
 
 class _Bars:
@@ -249,7 +309,7 @@ def _report(location: str, issues: list[Issue], as_json: bool) -> None:
 @contextmanager
 def _encrypted_store(location: str, open_opts: dict[str, Any]) -> Iterator[EncryptedStore]:
     """The encrypted store itself, for commands that change keys rather than data."""
-    with open_store(location) as store:
+    with open_store(location, create=False) as store:
         ebs = EncryptedStore.open(
             store,
             open_opts["passphrase"],
@@ -264,7 +324,7 @@ def _encrypted_store(location: str, open_opts: dict[str, Any]) -> Iterator[Encry
 
 
 @click.command()
-@click.argument("location")
+@location_argument
 @credential_options
 @click.option(
     "--new-passphrase-file",
@@ -276,18 +336,30 @@ def _encrypted_store(location: str, open_opts: dict[str, Any]) -> Iterator[Encry
 def passwd(
     location: str, new_passphrase_file: str | None, weak_kdf_for_tests: bool, **opts: Any
 ) -> None:
-    """Change the passphrase of LOCATION (rewrites one keyslot row)."""
+    """Change the passphrase of LOCATION (rewrites one keyslot row).
+
+    The keyslot the current passphrase (or --key-file) opens is rewritten for
+    the new passphrase.  The master key stays: whoever kept an old copy of
+    the keyslot can still open it with the old passphrase.  To revoke old
+    passphrases and keys, use `persist rekey`.
+    """
     open_opts = _open_options(opts, prompt="Current passphrase")
     new = new_passphrase(new_passphrase_file)
     kdf = KdfParams.weak_for_tests() if weak_kdf_for_tests else KdfParams.default()
+    old: str | bytes = (
+        open_opts["passphrase"] if open_opts["passphrase"] is not None else open_opts["key"]
+    )
     with _encrypted_store(location, open_opts) as ebs:
-        old = open_opts["passphrase"] if open_opts["passphrase"] is not None else open_opts["key"]
         index = ebs.change_passphrase(old, new, kdf=kdf, allow_weak_kdf=weak_kdf_for_tests)
-    click.echo(f"keyslot {index} now opens with the new passphrase; the old one no longer does")
+    click.echo(
+        f"keyslot {index} now opens with the new passphrase.  The master key is unchanged, "
+        "so a copy of the old keyslot (a backup, or the storage host's) still opens with "
+        "the old one: run `persist rekey` to revoke it."
+    )
 
 
 @click.command()
-@click.argument("location")
+@location_argument
 @credential_options
 @click.option(
     "--new-passphrase-file",
@@ -332,34 +404,48 @@ def _new_or_current(new_file: str | None, open_opts: dict[str, Any]) -> dict[str
 # -- dump ----------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"$bytes": base64.b64encode(value).decode()}
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, set | frozenset):
-        return {"$set": sorted((_jsonable(v) for v in value), key=repr)}
-    if isinstance(value, dict):
-        if all(isinstance(k, str) for k in value):
-            return {k: _jsonable(v) for k, v in value.items()}
-        return {"$map": [[_jsonable(k), _jsonable(v)] for k, v in value.items()]}
-    if isinstance(value, persist_db.Persistent):
-        return {"$object": value._p_oid, "$class": type(value).__qualname__}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return {"$record": type(value).__qualname__, **fields}
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return {"$repr": repr(value)}
+DUMP_HELP = """Print TABLE (default: the root map) of LOCATION as JSON lines, decrypted.
+
+\b
+One line per entry, {"key": KEY, "value": VALUE}, in key order.  Nothing of
+the application is imported: records and persistent objects are shown as
+stored.  Every line is strict JSON (no NaN); types JSON lacks are objects
+with one "$" member:
+  {"$bytes": base64}  {"$tuple": [...]}  {"$set": [...]}  {"$frozenset": [...]}
+  {"$map": [[key, value], ...]}  (a dict with a non-str or "$"-prefixed key)
+  {"$float": "NaN" | "Infinity" | "-Infinity"}  {"$decimal": "1.10"}
+  {"$fraction": "1/3"}  {"$complex": [re, im]}  {"$datetime": ISO 8601}
+  {"$date": ISO 8601}  {"$uuid": str}  {"$ip": str}
+  {"$record": type name, "fields": {...}}
+  {"$object": oid, "class": "module:qualname"}
+  {"$tag": number, "value": ...}  (a CBOR tag persist does not know)
+  {"$undecodable": reason}  (exit status 1 at the end)
+
+\b
+Exit status: 0 printed, 1 some value did not decode, 2 could not open the
+store, or TABLE is reserved or does not exist.
+"""
 
 
-@click.command()
-@click.argument("location")
+@click.command(help=DUMP_HELP)
+@location_argument
 @click.argument("table", required=False)
 @credential_options
 def dump(location: str, table: str | None, **opts: Any) -> None:
-    """Print TABLE (default: the root map) of LOCATION as JSON lines, decrypted."""
     with _database(location, opts, read_only=True) as db:
-        t = db.table(table) if table else db.root
-        for key, value in t.items():
-            click.echo(json.dumps({"key": _jsonable(key), "value": _jsonable(value)}))
+        if table is not None:
+            try:
+                db.table(table)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="TABLE") from None
+            if table not in db.tables():
+                raise click.BadParameter(
+                    f"no table named {table!r} in {location}", param_hint="TABLE"
+                )
+        failed = False
+        for key, value in db.inspect(table):
+            line = {"key": to_json(key), "value": to_json(value)}
+            failed = failed or isinstance(value, Undecodable)
+            click.echo(json.dumps(line, allow_nan=False))
+    if failed:
+        sys.exit(1)

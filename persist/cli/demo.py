@@ -30,24 +30,33 @@ PASSPHRASE = "correct horse battery staple"  # noqa: S105 - a demo; real ones co
     "--location",
     type=click.Path(dir_okay=False),
     default=None,
-    help="SQLite file to create (default: a new temporary file).",
+    help="SQLite file to create (default: a new temporary file).  Its freshness "
+    "record goes where every store's does: the user's state directory.",
 )
 @click.option("--threads", default=8, show_default=True, help="Mutator threads.")
 @click.option("--transfers", default=250, show_default=True, help="Transfers per thread.")
 @click.option("--fast-kdf", is_flag=True, help="Use the weak test KDF profile (tests only).")
 def demo(location: str | None, threads: int, transfers: int, fast_kdf: bool) -> None:
     """Atomic, durable transfers between accounts in an encrypted store."""
-    tmp = None
+    # The freshness record must not live beside the store: whoever can roll the
+    # store back could roll the record back with it.  A store of the user's
+    # keeps it in the user's state directory (the default); a temporary store
+    # gets a temporary state directory of its own, elsewhere.
+    tmp = state = None
+    freshness: str | None = None
     if location is None:
         tmp = tempfile.TemporaryDirectory(prefix="persist-demo-")
+        state = tempfile.TemporaryDirectory(prefix="persist-demo-state-")
         location = str(Path(tmp.name) / "demo.db")
+        freshness = str(Path(state.name) / "freshness.json")
     kdf = KdfParams.weak_for_tests() if fast_kdf else KdfParams.default()
-    opts = {"allow_weak_kdf": fast_kdf, "freshness": str(Path(location).with_suffix(".fresh"))}
+    opts: dict[str, object] = {"allow_weak_kdf": fast_kdf, "freshness": freshness}
     try:
         ok = _run(location, kdf, opts, threads, transfers)
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        for directory in (tmp, state):
+            if directory is not None:
+                directory.cleanup()
     if not ok:
         raise SystemExit(1)
 

@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["Credentials", "credential_options", "new_passphrase"]
+from ..ebs.keyslot import load_key
+
+__all__ = ["Credentials", "credential_options", "new_passphrase", "read_key_file", "resolve"]
 
 ENV = "PERSIST_PASSPHRASE"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,7 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Credentials:
     """The key material for opening a store: exactly one of passphrase and key."""
 
-    def __init__(self, passphrase: str | None, key: str | None) -> None:
+    def __init__(self, passphrase: str | None, key: bytes | None) -> None:
         self.passphrase = passphrase
         self.key = key
 
@@ -47,11 +49,21 @@ def _read_first_line(path: str) -> str:
     return line
 
 
+def read_key_file(path: str) -> bytes:
+    """The raw key in ``path``; a usage error (exit 2) when it holds none."""
+    try:
+        return load_key(path)
+    except OSError as exc:
+        raise click.UsageError(f"cannot read key file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise click.UsageError(f"key file {path}: {exc}") from None
+
+
 def resolve(passphrase_file: str | None, key_file: str | None, *, prompt: str) -> Credentials:
     if passphrase_file and key_file:
         raise click.UsageError("give --passphrase-file or --key-file, not both")
     if key_file:
-        return Credentials(None, key_file)
+        return Credentials(None, read_key_file(key_file))
     if passphrase_file:
         return Credentials(_read_first_line(passphrase_file), None)
     env = os.environ.get(ENV)

@@ -4,11 +4,13 @@ from .database import Database, open
 from .keys import decode_key, encode_key
 from .objects import Persistent, PersistentDict, PersistentList
 from .rootlog import LogLimits
-from .table import RangeView, Table
+from .table import ItemsRange, KeysRange, RangeView, Table, ValuesRange
 from .values import RecordRegistry, SchemaError, record, records
 
 __all__ = [
     "Database",
+    "ItemsRange",
+    "KeysRange",
     "LogLimits",
     "Persistent",
     "PersistentDict",
@@ -17,6 +19,7 @@ __all__ = [
     "RecordRegistry",
     "SchemaError",
     "Table",
+    "ValuesRange",
     "decode_key",
     "encode_key",
     "open",

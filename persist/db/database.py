@@ -44,7 +44,7 @@ from .rekey import TreesRekeyer
 from .rootlog import LogLimits
 from .table import Table
 from .treestore import TreeWaveStore
-from .values import RecordRegistry, ValueCodec, records
+from .values import RecordRegistry, ValueCodec, decode_stored, records
 from .verify import Issue, Progress, verify_database
 
 __all__ = ["ROOT", "SCHEMA", "Database", "open"]
@@ -219,6 +219,19 @@ class _Reader:
         raise ReadOnlyError("the database is open read-only")
 
 
+class _Closed:
+    """The read and write path of a closed database: every call raises ClosedError,
+    so no read is served from a cache or a wave after ``close``."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+
+    def _refuse(self, *_: object) -> Any:
+        raise ClosedError(f"database {self.location} is closed")
+
+    get = scan = count = put = delete = write_many = _refuse
+
+
 _open_databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
@@ -281,8 +294,24 @@ class Database:
             raise ValueError("table names are 1-200 bytes and may not start with '__'")
         return Table(self, name)
 
+    def inspect(self, name: str | None = None) -> Iterator[tuple[Any, Any]]:
+        """The entries of table ``name`` (default: the root map), decoded without
+        the application's classes, for tools such as ``persist dump``.
+
+        A record comes back as a :class:`~persist.db.values.StoredRecord` (type
+        name and fields), a persistent object as a
+        :class:`~persist.db.values.StoredObject` (oid and stored class path),
+        a value that does not decode as an :class:`~persist.db.values.Undecodable`;
+        nothing is imported or constructed.
+        """
+        table = self.root if name is None else self.table(name)
+        class_path = self._objects.class_path
+        for key, raw in self._access.scan(table.name):
+            yield decode_key(key), decode_stored(raw, class_path)
+
     def tables(self) -> list[str]:
         """Names of the committed tables (not counting internal ones)."""
+        self._check_open()
         return [n for n in self._trees.tables() if not n.startswith(_RESERVED)]
 
     # -- transactions ------------------------------------------------------------
@@ -354,6 +383,7 @@ class Database:
 
     def record_types(self) -> dict[str, Any]:
         """The schema descriptors of the record types stored in this database."""
+        self._check_open()
         return {str(decode_key(k)): cbor2.loads(v) for k, v in self._access.scan(SCHEMA)}
 
     def _writer(self) -> Multiplexer:
@@ -377,11 +407,20 @@ class Database:
         self._trees.refresh()
 
     def close(self) -> None:
-        """Commit what is pending, then close.  Idempotent."""
+        """Commit what is pending, then close.  Idempotent.
+
+        Inside an atomic block it raises RuntimeError and changes nothing: the
+        database stays open, the block's writes land when it ends, and
+        ``close`` works once it has.
+        """
         if self._closed:
             return
+        if self._mux is not None and self._mux.in_atomic_block():
+            raise RuntimeError("close inside an atomic block would wait for the block itself")
         self._closed = True
         _open_databases.discard(self)
+        closed = _Closed(self.location)
+        self._access = self._objects.access = closed
         if self._mux is not None:
             self._mux.close()  # commits pending waves, then closes the trees
         else:

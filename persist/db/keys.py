@@ -27,7 +27,9 @@ from itertools import repeat
 from operator import itemgetter
 from typing import TypeAlias
 
-__all__ = ["Key", "decode_key", "decode_keys", "encode_key"]
+from ..btree import MAX_KEY_SIZE
+
+__all__ = ["MAX_KEY_SIZE", "Key", "check_key_size", "decode_key", "decode_keys", "encode_key"]
 
 Key: TypeAlias = "str | bytes | int | tuple[Key, ...]"
 
@@ -58,6 +60,21 @@ def encode_key(key: object) -> bytes:
     out = bytearray()
     _encode(key, out, 0)
     return bytes(out)
+
+
+def check_key_size(encoded: bytes) -> bytes:
+    """``encoded``, if a tree can hold it as a key; else ValueError naming the limit.
+
+    The trees hold keys of at most :data:`MAX_KEY_SIZE` encoded bytes, and the
+    root log's u16 key length holds more, so this is the one bound a key
+    meets from its write to every later fold (docs/api.md, "Limits").
+    """
+    if len(encoded) > MAX_KEY_SIZE:
+        raise ValueError(
+            f"a key encodes to {len(encoded)} bytes; keys are at most {MAX_KEY_SIZE} "
+            "bytes encoded (a str or bytes key of up to 1,022 bytes without NUL bytes)"
+        )
+    return encoded
 
 
 def _escape(raw: bytes, out: bytearray) -> None:

@@ -13,6 +13,11 @@ Life cycle:
   root, or an attribute of a persistent object: it gets an oid and all its
   attributes are written, in the same wave as (or an earlier wave than) the
   reference to it, so a reference never outlives a crash without its object.
+  The encode that meets new objects only gives them oids; once it succeeded,
+  :meth:`ObjectSpace.settle` encodes their attributes (adopting the new
+  objects those reach, in a loop, not by recursion) and writes every row in
+  one batch.  If any attribute cannot be stored, no row is written and every
+  object adopted on the way is new again (:meth:`ObjectSpace.abandon`).
 * A reference loads lazily: decoding gives a *ghost* (right class, no state)
   whose state is read on first attribute access.  Within one database an oid
   always maps to the same Python object while it is alive (identity map).
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex, overload
 
 import cbor2
 
+from ..btree import MAX_KEY_SIZE
 from .keys import decode_key, encode_key
 from .values import TAG_REF, SchemaError
 
@@ -204,6 +210,7 @@ class ObjectSpace:
         self._lock = threading.RLock()
         self._identity: weakref.WeakValueDictionary[int, Persistent] = weakref.WeakValueDictionary()
         self._next_oid: int | None = None  # read at the first adoption, not at open
+        self._local = threading.local()  # .pending: objects adopted by this thread's encode
 
     # -- the codec's resolver ----------------------------------------------------
 
@@ -217,6 +224,51 @@ class ObjectSpace:
         if space is not None:
             raise ValueError("a persistent object belongs to another database")
         return self._adopt(obj)
+
+    def settle(self) -> None:
+        """Store the objects this thread's encode adopted, and the objects their
+        attributes reach, as one batch of rows: all of them, or (TypeError,
+        ValueError) none, each object then back to new."""
+        pending: list[Persistent] | None = getattr(self._local, "pending", None)
+        if not pending:
+            return
+        try:
+            rows: list[tuple[bytes, bytes | None]] = []
+            types: list[tuple[type[Any], str]] = []
+            i = 0
+            while i < len(pending):  # encoding an object's attributes may adopt more
+                obj = pending[i]
+                i += 1
+                oid = object.__getattribute__(obj, "__dict__")["_p_oid"]
+                cls = type(obj)
+                rows.append(
+                    (encode_key((oid,)), cbor2.dumps(f"{cls.__module__}:{cls.__qualname__}"))
+                )
+                for name, value in obj._p_state().items():
+                    key = attribute_key(oid, name)
+                    data, found = self.codec.encode_deferred(value)
+                    rows.append((key, data))
+                    types.extend(found)
+            self.codec.note_record_types(types)
+            self.access.write_many(OBJECTS, rows)
+        except BaseException:
+            self.abandon()
+            raise
+        pending.clear()
+
+    def abandon(self) -> None:
+        """Forget the objects this thread's failed encode adopted: new again."""
+        pending: list[Persistent] | None = getattr(self._local, "pending", None)
+        if not pending:
+            return
+        with self._lock:
+            for obj in pending:
+                d = object.__getattribute__(obj, "__dict__")
+                oid = d.pop("_p_oid", None)
+                d.pop("_p_space", None)
+                if oid is not None and self._identity.get(oid) is obj:
+                    del self._identity[oid]
+        pending.clear()
 
     def load(self, oid: int) -> Persistent:
         with self._lock:
@@ -233,6 +285,15 @@ class ObjectSpace:
             self._identity[oid] = obj
             return obj
 
+    def class_path(self, oid: int) -> str | None:
+        """The stored ``module:qualname`` of object ``oid`` (nothing imported),
+        or None when it has no class row."""
+        raw = self.access.get(OBJECTS, encode_key((oid,)))
+        if raw is None:
+            return None
+        path = cbor2.loads(raw)
+        return path if isinstance(path, str) else None
+
     # -- saving and loading state ------------------------------------------------
 
     def _first_free_oid(self) -> int:
@@ -245,24 +306,25 @@ class ObjectSpace:
         return key[0] + 1
 
     def _adopt(self, obj: Persistent) -> int:
+        """Give a new object its oid at once (so cycles close); its rows wait
+        for :meth:`settle`, which the encode that met it calls."""
         with self._lock:
             if self._next_oid is None:
                 self._next_oid = self._first_free_oid()
             oid = self._next_oid
             self._next_oid += 1
             d = object.__getattribute__(obj, "__dict__")
-            state = obj._p_state()
             d.update(_p_space=self, _p_oid=oid)
             self._identity[oid] = obj
-        cls = type(obj)
-        path = f"{cls.__module__}:{cls.__qualname__}"
-        self.access.put(OBJECTS, encode_key((oid,)), cbor2.dumps(path))
-        for name, value in state.items():
-            self.save_attr(oid, name, value)
+        pending = getattr(self._local, "pending", None)
+        if pending is None:
+            pending = self._local.pending = []
+        pending.append(obj)
         return oid
 
     def save_attr(self, oid: int, name: str, value: Any) -> None:
-        self.access.put(OBJECTS, encode_key((oid, name)), self.codec.encode(value))
+        key = attribute_key(oid, name)
+        self.access.put(OBJECTS, key, self.codec.encode(value))
 
     def delete_attr(self, oid: int, name: str) -> None:
         self.access.delete(OBJECTS, encode_key((oid, name)))
@@ -319,6 +381,18 @@ class ObjectSpace:
             key = decode_key(k)
             if isinstance(key, tuple) and len(key) == 1 and isinstance(key[0], int):
                 yield key[0]
+
+
+def attribute_key(oid: int, name: str) -> bytes:
+    """The key of attribute ``name`` of object ``oid``; ValueError when the
+    name is too long for a key (``MAX_KEY_SIZE`` encoded bytes)."""
+    key = encode_key((oid, name))
+    if len(key) > MAX_KEY_SIZE:
+        raise ValueError(
+            f"an attribute name of {len(name)} characters is too long: the key "
+            f"(oid, name) of a stored attribute is at most {MAX_KEY_SIZE} bytes encoded"
+        )
+    return key
 
 
 def _import_class(path: str) -> type[Persistent]:

@@ -3,21 +3,35 @@
 Keys are encoded order-preservingly (:mod:`.keys`), values with the
 database's codec (:mod:`.values`).  Every write is one dictionary update in
 the current wave; reads merge the waves with the committed tree.
+
+``t.keys()``, ``t.values()`` and ``t.items()`` are the views of
+:mod:`collections.abc` (a keys or items view is a ``Set``: equality with
+``dict.keys()``, set operations, membership by one point lookup), restricted
+to ``start <= key < stop`` when bounds are given, and iterated in reverse
+when asked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import (
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    MappingView,
+    MutableMapping,
+    ValuesView,
+)
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound
-from .keys import decode_keys, encode_key
+from .keys import MAX_KEY_SIZE, check_key_size, decode_keys, encode_key
 
 if TYPE_CHECKING:
     from .database import Database
 
-__all__ = ["RangeView", "Table"]
+__all__ = ["ItemsRange", "KeysRange", "RangeView", "Table", "ValuesRange"]
 
 #: Iteration decodes entries in runs (a C-level loop per run): the first run
 #: is short, for callers that take only the first few; later runs double up
@@ -28,26 +42,28 @@ _RUN_FIRST = 4
 _RUN_BYTES = 64 * 1024
 
 
-class RangeView:
+class RangeView(MappingView):
     """Keys, values or items of a table between bounds, forward or reversed.
 
-    Iterating reads the table as it is at that moment; ``len`` iterates.
+    Iterating reads the table as it is at that moment.  ``len`` of an
+    unbounded view is the table's (cheap); of a bounded one it iterates.
     """
 
-    __slots__ = ("_part", "_reverse", "_start", "_stop", "_table")
+    __slots__ = ("_hi", "_lo", "_reverse", "_start", "_stop")
+    _part = "items"
+    _mapping: Table
 
-    def __init__(self, table: Table, part: str, start: Any, stop: Any, reverse: bool) -> None:
-        self._table = table
-        self._part = part
+    def __init__(self, table: Table, start: Any, stop: Any, reverse: bool) -> None:
+        super().__init__(table)
         self._start = start
         self._stop = stop
+        self._lo = None if start is None else encode_key(start)
+        self._hi = None if stop is None else encode_key(stop)
         self._reverse = reverse
 
     def _pairs(self, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
-        t = self._table
-        lo = None if self._start is None else encode_key(self._start)
-        hi = None if self._stop is None else encode_key(self._stop)
-        return t._db._access.scan(t.name, lo, hi, reverse)
+        t = self._mapping
+        return t._db._access.scan(t.name, self._lo, self._hi, reverse)
 
     def _iterate(self, reverse: bool) -> Iterator[Any]:
         # The state is taken now, when the iterator is made, not at its first item.
@@ -55,7 +71,7 @@ class RangeView:
 
     def _decoded_runs(self, pairs: Iterator[tuple[bytes, bytes]]) -> Iterator[Iterable[Any]]:
         """Yield the entries run by run, each run decoded by C-level loops."""
-        decode_values = self._table._db._codec.decode_many
+        decode_values = self._mapping._db._codec.decode_many
         part = self._part
         size = _RUN_FIRST
         while True:
@@ -74,6 +90,20 @@ class RangeView:
             held = sum(map(len, values))
             size = max(1, min(_RUN_MAX, 2 * size, _RUN_BYTES * size // max(held, 1)))
 
+    def _lookup(self, key: object) -> bytes | None:
+        """The stored value of ``key`` if it lies in this view's range (one point
+        lookup), else None; a key that cannot be a key is in no view."""
+        try:
+            k = encode_key(key)
+        except (TypeError, ValueError):
+            return None
+        if len(k) > MAX_KEY_SIZE:
+            return None
+        if (self._lo is not None and k < self._lo) or (self._hi is not None and k >= self._hi):
+            return None
+        t = self._mapping
+        return t._db._access.get(t.name, k)
+
     def __iter__(self) -> Iterator[Any]:
         return self._iterate(self._reverse)
 
@@ -81,17 +111,64 @@ class RangeView:
         return self._iterate(not self._reverse)
 
     def __len__(self) -> int:
+        if self._lo is None and self._hi is None:
+            return len(self._mapping)
         return sum(1 for _ in self._pairs(False))
 
-    def __contains__(self, item: object) -> bool:
-        return any(x == item for x in self)
-
     def __repr__(self) -> str:
-        return f"<{self._part} of table {self._table.name!r}>"
+        bounds = ""
+        if self._start is not None or self._stop is not None:
+            bounds = f" [{self._start!r}, {self._stop!r})"
+        order = " reversed" if self._reverse else ""
+        return f"<{self._part} of table {self._mapping.name!r}{bounds}{order}>"
+
+
+class KeysRange(RangeView, KeysView[Any]):
+    """The keys of a table (in a range): a ``collections.abc.KeysView``."""
+
+    __slots__ = ()
+    _part = "keys"
+
+    def __contains__(self, key: object) -> bool:
+        return self._lookup(key) is not None
+
+
+class ValuesRange(RangeView, ValuesView[Any]):
+    """The values of a table (in a range): a ``collections.abc.ValuesView``.
+
+    Membership compares with every value, as ``dict.values()`` does.
+    """
+
+    __slots__ = ()
+    _part = "values"
+
+    def __contains__(self, value: object) -> bool:
+        return any(v is value or v == value for v in self)
+
+
+class ItemsRange(RangeView, ItemsView[Any, Any]):
+    """The ``(key, value)`` pairs of a table (in a range): a ``collections.abc.ItemsView``."""
+
+    __slots__ = ()
+    _part = "items"
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, tuple) or len(item) != 2:
+            return False
+        raw = self._lookup(item[0])
+        if raw is None:
+            return False
+        value = self._mapping._db._codec.decode(raw)
+        return value is item[1] or bool(value == item[1])
 
 
 class Table(MutableMapping[Any, Any]):
-    """A named persistent map; get one with ``db.table(name)`` (or ``db.root``)."""
+    """A named persistent map; get one with ``db.table(name)`` (or ``db.root``).
+
+    A key that cannot be stored (a type other than str, bytes, int or tuples
+    of them: TypeError; over ``MAX_KEY_SIZE`` bytes encoded: ValueError) is
+    refused by every access that names one; ``in`` answers False for it.
+    """
 
     __slots__ = ("_db", "name")
 
@@ -100,24 +177,32 @@ class Table(MutableMapping[Any, Any]):
         self.name = name
 
     def __getitem__(self, key: Any) -> Any:
-        raw = self._db._access.get(self.name, encode_key(key))
+        k = encode_key(key)
+        if len(k) > MAX_KEY_SIZE:
+            check_key_size(k)
+        raw = self._db._access.get(self.name, k)
         if raw is None:
             raise NotFound(key)
         return self._db._codec.decode(raw)
 
     def get(self, key: Any, default: Any = None) -> Any:
-        raw = self._db._access.get(self.name, encode_key(key))
+        k = encode_key(key)
+        if len(k) > MAX_KEY_SIZE:
+            check_key_size(k)
+        raw = self._db._access.get(self.name, k)
         return default if raw is None else self._db._codec.decode(raw)
 
     def __contains__(self, key: object) -> bool:
         try:
             k = encode_key(key)
-        except TypeError:
+        except (TypeError, ValueError):
             return False
-        return self._db._access.get(self.name, k) is not None
+        return len(k) <= MAX_KEY_SIZE and self._db._access.get(self.name, k) is not None
 
     def __setitem__(self, key: Any, value: Any) -> None:
         k = encode_key(key)
+        if len(k) > MAX_KEY_SIZE:
+            check_key_size(k)
         db = self._db
         if db._closed or db._mux is None:  # the common case skips two calls: a hot path
             db._check_writable()
@@ -125,33 +210,29 @@ class Table(MutableMapping[Any, Any]):
         db._access.put(self.name, k, v)
 
     def __delitem__(self, key: Any) -> None:
-        k = encode_key(key)
+        k = check_key_size(encode_key(key))
         self._db._check_writable()
         if self._db._access.get(self.name, k) is None:
             raise NotFound(key)
         self._db._access.delete(self.name, k)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(RangeView(self, "keys", None, None, False))
+        return iter(KeysRange(self, None, None, False))
 
     def __len__(self) -> int:
         return self._db._access.count(self.name)
 
-    def keys(  # type: ignore[override]
-        self, start: Any = None, stop: Any = None, *, reverse: bool = False
-    ) -> RangeView:
+    def keys(self, start: Any = None, stop: Any = None, *, reverse: bool = False) -> KeysRange:
         """Keys in ``[start, stop)`` (either bound may be None), optionally reversed."""
-        return RangeView(self, "keys", start, stop, reverse)
+        return KeysRange(self, start, stop, reverse)
 
-    def values(  # type: ignore[override]
-        self, start: Any = None, stop: Any = None, *, reverse: bool = False
-    ) -> RangeView:
-        return RangeView(self, "values", start, stop, reverse)
+    def values(self, start: Any = None, stop: Any = None, *, reverse: bool = False) -> ValuesRange:
+        """Values of the keys in ``[start, stop)``, optionally reversed."""
+        return ValuesRange(self, start, stop, reverse)
 
-    def items(  # type: ignore[override]
-        self, start: Any = None, stop: Any = None, *, reverse: bool = False
-    ) -> RangeView:
-        return RangeView(self, "items", start, stop, reverse)
+    def items(self, start: Any = None, stop: Any = None, *, reverse: bool = False) -> ItemsRange:
+        """``(key, value)`` pairs of the keys in ``[start, stop)``, optionally reversed."""
+        return ItemsRange(self, start, stop, reverse)
 
     async def aset(self, key: Any, value: Any) -> None:
         """``t[key] = value`` for asyncio: waits for room without blocking the loop."""

@@ -265,6 +265,12 @@ class Multiplexer:
         """A context manager (``with`` and ``async with``) whose writes land in one wave."""
         return AtomicBlock(self)
 
+    def in_atomic_block(self) -> bool:
+        """True when the calling thread (or task) is inside one of this
+        multiplexer's atomic blocks."""
+        blk = _current_block.get()
+        return blk is not None and blk.binds(self)
+
     def _enter_block(self, *, wait: bool) -> contextvars.Token[_Block | None] | None:
         outer = _current_block.get()
         if outer is not None and outer.binds(self):
