@@ -21,8 +21,15 @@ from ..db.verify import Issue
 from ..ebs import EncryptedStore, KdfParams
 from ..ebs import rekey as rotation
 from ..ebs.keyslot import parse_keyslot, read_keyslots
-from ..errors import IntegrityError, NotAStore, StoreLocked, StoreNotFound, WrongPassphrase
-from ..kvs import open_store, parse_location
+from ..errors import (
+    CorruptStore,
+    IntegrityError,
+    NotAStore,
+    StoreLocked,
+    StoreNotFound,
+    WrongPassphrase,
+)
+from ..kvs import display_location, open_store, parse_location
 from .jsonvalues import to_json
 from .secrets import Credentials, credential_options, new_passphrase, resolve
 
@@ -87,19 +94,28 @@ def _database(location: str, opts: dict[str, Any], **kw: Any) -> Iterator[persis
 @click.option(
     "--kdf-parallelism", type=int, default=4, show_default=True, help="Argon2id lanes (4 to 16)."
 )
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Make a new database even where the freshness record saw one (an emptied store "
+    "is otherwise refused as a rollback).",
+)
 @click.option("--weak-kdf-for-tests", is_flag=True, hidden=True)
 def init(
     location: str,
     kdf_memory_mib: int,
     kdf_time: int,
     kdf_parallelism: int,
+    replace: bool,
     weak_kdf_for_tests: bool,
     **opts: Any,
 ) -> None:
     """Create a new, empty encrypted store at LOCATION.
 
     Every option is checked before anything is created: a refused init
-    leaves nothing behind.
+    leaves nothing behind.  A location whose freshness record names a
+    database that is gone is refused (RollbackDetected, exit 2) unless
+    --replace.
     """
     if weak_kdf_for_tests:
         kdf = KdfParams.weak_for_tests()
@@ -125,8 +141,10 @@ def init(
             kdf=kdf,
             allow_weak_kdf=allow_weak,
             freshness=freshness,
+            replace=replace,
         ).close()
-    click.echo(f"created an encrypted store at {location}")
+        shown = store.location
+    click.echo(f"created an encrypted store at {shown}")
 
 
 def _check_writable_file(path: str, option: str) -> None:
@@ -220,6 +238,8 @@ def verify(location: str, as_json: bool, **opts: Any) -> None:
         db = persist_db.open(location, create=False, read_only=True, **open_opts)
     except CANNOT_OPEN:
         raise
+    except CorruptStore:  # the backend cannot open its own files: could not open (exit 2)
+        raise
     except IntegrityError as exc:  # damage found while opening: a finding, not a failure
         if not open_opts["allow_weak_kdf"] and _only_weak_keyslots(location, open_opts):
             raise click.UsageError(
@@ -232,7 +252,7 @@ def verify(location: str, as_json: bool, **opts: Any) -> None:
             issues = _verify_with_progress(db, show=not as_json and sys.stderr.isatty())
         finally:
             db.close()
-    _report(location, issues, as_json)
+    _report(display_location(location), issues, as_json)
     sys.exit(1 if issues else 0)
 
 
@@ -367,23 +387,50 @@ def passwd(
     default=None,
     help="Passphrase of the new keyslot (default: keep the current passphrase).",
 )
+@click.option(
+    "--abort",
+    is_flag=True,
+    help="Abandon a rotation that a crash interrupted before it switched keys.",
+)
 @click.option("--weak-kdf-for-tests", is_flag=True, hidden=True)
 def rekey(
-    location: str, new_passphrase_file: str | None, weak_kdf_for_tests: bool, **opts: Any
+    location: str,
+    new_passphrase_file: str | None,
+    abort: bool,
+    weak_kdf_for_tests: bool,
+    **opts: Any,
 ) -> None:
     """Re-encrypt every row of LOCATION under a new random master key (crash-safe).
 
-    Revokes anyone who learned the old master key.  Other keyslots (recovery
-    keys) are dropped: add them again afterwards.  An interrupted rotation is
-    finished by the next writable open or by running this command again.
+    Revokes anyone who learned the old master key or an old passphrase: no
+    byte the old key opens carries the new key or later data.  Other
+    keyslots (recovery keys) are dropped: add them again afterwards.  A
+    rotation a crash interrupted is finished by running this command again
+    with the same new passphrase (the new master key is wrapped under it;
+    before the key switch nothing else can finish it), or abandoned with
+    --abort.  A format-v1 store is upgraded first.
     """
     open_opts = _open_options(opts)
     new = _new_or_current(new_passphrase_file, open_opts)
     kdf = KdfParams.weak_for_tests() if weak_kdf_for_tests else KdfParams.default()
+    _upgrade_first(location, open_opts)
     with _encrypted_store(location, open_opts) as ebs:
+        if abort:
+            if ebs.rekey_phase != "copy":
+                raise click.UsageError("no rotation awaits abandoning (--abort)")
+            rotation.abort_rekey(ebs)
+            click.echo("abandoned the interrupted rotation; the old keys still open the store")
+            return
         if ebs.rekey_phase is not None:
-            rotation.resume_rekey(ebs, TreesRekeyer(), new["passphrase"], key=new["key"])
-            click.echo("finished an interrupted rotation")
+            try:
+                rotation.resume_rekey(ebs, TreesRekeyer(), new["passphrase"], key=new["key"])
+            except WrongPassphrase:
+                raise click.UsageError(
+                    "the interrupted rotation was to another passphrase or key: give it "
+                    "with --new-passphrase-file (or abandon the rotation with --abort)"
+                ) from None
+            click.echo("finished an interrupted rotation: the new passphrase opens the store")
+            return
         rotation.rekey(
             ebs,
             new["passphrase"],
@@ -393,6 +440,23 @@ def rekey(
             rekeyer=TreesRekeyer(),
         )
     click.echo("every row is now encrypted under a new master key")
+
+
+def _upgrade_first(location: str, open_opts: dict[str, Any]) -> None:
+    """A rotation needs format v2: a writable open upgrades a v1 store (and finishes
+    a rotation that had switched keys already)."""
+    with open_store(location, create=False, read_only=True) as store:
+        ebs = EncryptedStore.open(
+            store,
+            open_opts["passphrase"],
+            key=open_opts["key"],
+            allow_weak_kdf=open_opts["allow_weak_kdf"],
+            freshness=False,
+        )
+        current = ebs.version >= 2
+        ebs.close()
+    if not current:
+        persist_db.open(location, create=False, **open_opts).close()
 
 
 def _new_or_current(new_file: str | None, open_opts: dict[str, Any]) -> dict[str, Any]:
@@ -440,7 +504,7 @@ def dump(location: str, table: str | None, **opts: Any) -> None:
                 raise click.BadParameter(str(exc), param_hint="TABLE") from None
             if table not in db.tables():
                 raise click.BadParameter(
-                    f"no table named {table!r} in {location}", param_hint="TABLE"
+                    f"no table named {table!r} in {display_location(location)}", param_hint="TABLE"
                 )
         failed = False
         for key, value in db.inspect(table):

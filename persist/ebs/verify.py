@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import IntegrityError
-from ..kvs.base import Snapshot, Store
+from ..kvs.base import RESERVED_PREFIX, Snapshot, Store
 from .journal import read_journal
 from .keys import KeyRing
 from .keyslot import keyslot_key, parse_keyslot, read_keyslots
@@ -133,6 +133,8 @@ def verify_rows(
                 advance(1)
             if storage_key in explained or storage_key in special:
                 continue
+            if storage_key.startswith(RESERVED_PREFIX):
+                continue  # a replica target's own bookkeeping (docs/remote.md)
             what = identify(known, storage_key, stored, (RowKind.ROW, RowKind.NODE))
             if what is None or what.head is None:
                 leftovers.append((storage_key, stored))

@@ -24,6 +24,7 @@ __all__ = [
     "Puts",
     "Snapshot",
     "Store",
+    "display_location",
     "open_store",
     "parse_location",
 ]
@@ -50,6 +51,20 @@ def parse_location(location: str) -> tuple[str, str]:
     if not location:
         raise ValueError("empty store location")
     return "sqlite", location
+
+
+def display_location(location: str | os.PathLike[str]) -> str:
+    """``location`` fit to print: a password in a URI is replaced by ``***``."""
+    text = os.fspath(location)
+    if "://" not in text or "@" not in text:
+        return text
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(text)
+    if parts.password is None:
+        return text
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def open_store(

@@ -61,6 +61,7 @@ from ..errors import ClosedError, ReadOnlyError
 
 __all__ = [
     "MAX_KEY_SIZE",
+    "RESERVED_PREFIX",
     "Puts",
     "Snapshot",
     "Store",
@@ -72,6 +73,11 @@ __all__ = [
 #: The longest key every backend must accept.  PostgreSQL's b-tree index limits
 #: keys to about 2.7 kB, so the contract fixes a portable bound well below it.
 MAX_KEY_SIZE = 1024
+
+#: Keys from here up are the remote layer's bookkeeping in a replica target (container
+#: markers, lease records, named containers: docs/remote.md); the encrypted store
+#: never writes there (its keys are 32 bytes) and verify does not count them as rows.
+RESERVED_PREFIX = b"\xff" * 16 + b"persist-remote"
 
 #: The puts of a batch: a mapping or an iterable of ``(key, value)`` pairs.
 Puts: TypeAlias = Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]

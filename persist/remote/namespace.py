@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..kvs.base import MAX_KEY_SIZE, Snapshot, Store
+from ..kvs.base import MAX_KEY_SIZE, RESERVED_PREFIX, Snapshot, Store
 
 __all__ = [
     "RESERVED_PREFIX",
@@ -41,7 +41,7 @@ __all__ = [
     "marker_range",
 ]
 
-RESERVED_PREFIX = b"\xff" * 16 + b"persist-remote"
+
 _MARKER, _LEASE, _ROWS = b"C", b"L", b"R"
 #: The value of a named container's marker row.
 MARKER_VALUE = b"persist container v1"
