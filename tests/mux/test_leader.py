@@ -301,3 +301,20 @@ def test_many_writers_with_leaders_keep_order_and_group() -> None:
     assert sum(len(c.get("t", {})) for _, _, c in store.committed) == n * rounds
     assert all(store.get("last", b"%d" % i) == b"%d" % (rounds - 1) for i in range(n))
     mux.close()
+
+
+def test_an_unwaited_write_after_a_leader_commit_still_commits_within_max_delay() -> None:
+    """The idle persistence thread polls instead of being woken by each first
+    write; rule 4b must hold all the same."""
+    store = ThreadStore()
+    mux = Multiplexer(store, MuxConfig(max_delay=0.05))
+    mux.put("t", b"a", b"1")
+    mux.commit_wait()  # a leader; the persistence thread now polls
+    time.sleep(0.12)
+    assert not mux._runner_asleep  # polling: a first write will not notify it
+    started = time.monotonic()
+    mux.put("t", b"b", b"2")  # nobody waits for it
+    _wait_until(lambda: len(store.committed) == 2, within=2.0)
+    assert time.monotonic() - started < 1.0
+    assert store.committed[1][1] == mux._thread.ident
+    mux.close()
