@@ -35,7 +35,8 @@ durable batch.  Numbered rules (docs/design.md repeats them):
    (b) ``max_delay`` has passed since its first write; (c) it reached its
    size cap; (d) the database is closing.  While a commit runs, the next
    wave gathers every write and waiter that arrives meanwhile: the group
-   commit.
+   commit.  While writes keep coming the idle persistence thread polls every
+   ``max_delay`` (rule b still holds), so a first write needs not wake it.
 5. **Back-pressure.** When ``max_queued_waves`` closed waves wait, plain
    writes and new blocks block until one is durable.  Writes inside an open
    block never block (their wave cannot seal before the block ends).
