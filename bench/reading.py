@@ -90,12 +90,13 @@ def target_notes(results: dict[str, Any], verdicts: list[Verdict]) -> list[str]:
         notes.append(
             f"**Durable writes** miss their targets on this machine, where `fdatasync` costs "
             f"only {_fsync(results)}: a naive commit per write is cheap, and persist is bound "
-            f"by CPU under the GIL, not by the disk. A small wave commits as one root-log "
-            f"segment and the root (two encrypted rows in one SQLite transaction, no tree "
-            f"node): {fmt_seconds(commit_one)} per single-write wave. At T={top} a wave held "
-            f"{per_wave:.0f} writes and took {fmt_seconds(commit)} on average, folds of the "
-            "root log into the trees included (a fold every 8,192 logged keys while the tree "
-            "is small, about every 2,048 once each key costs a leaf of its own)."
+            f"by CPU under the GIL, not by the disk. A small wave commits in the root itself "
+            f"(the root log's tail: one encrypted row in one SQLite transaction, a segment "
+            f"row about every seventh commit, no tree node), on the caller's thread (the "
+            f"leader path): {fmt_seconds(commit_one)} per single-write wave. At T={top} a "
+            f"wave held {per_wave:.0f} writes and took {fmt_seconds(commit)} on average, "
+            "folds of the root log into the trees included (a fold every 8,192 logged keys "
+            "while the tree is small, about every 2,048 once each key costs a leaf of its own)."
         )
         if mux:
             mux_one = _ratio(r["persist-mux"][str(one)], r["apsw"][str(one)])
@@ -168,10 +169,11 @@ WHY: dict[str, tuple[str, str]] = {
         "ZODB's commit of one small object is cheap when few threads collide",
     ),
     "apsw": (
-        "one sync and two encrypted rows per wave instead of a sync per write; the root "
+        "one sync and one or two encrypted rows per wave instead of a sync per write; the root "
         "log's keys are folded into the tree in batches of up to 8,192",
-        "a sync is cheap on this disk, so naive commits cost little; persist hands every "
-        "write to its persistence thread and back and is bound by CPU under the GIL",
+        "a sync is cheap on this disk, so naive commits cost little; persist's one SQLite "
+        "transaction per commit costs about what apsw's whole write does, and sealing the "
+        "root and the layers above add as much again (docs/benchmarks.md, issue 17)",
     ),
     "group": (
         "",
@@ -179,8 +181,8 @@ WHY: dict[str, tuple[str, str]] = {
     ),
     "single": (
         "",
-        "a commit encrypts a root-log segment and the root and hands over between two "
-        "threads; SQLite appends one page to its WAL",
+        "a commit seals the root (with the root log's tail) in a Python layer stack; "
+        "SQLite appends one page to its WAL",
     ),
     "open-pass": (
         "",

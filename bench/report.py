@@ -7,6 +7,7 @@ The interpretation is in :mod:`bench.reading`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from . import reading
@@ -411,4 +412,7 @@ def render(results: dict[str, Any], figures: dict[str, str]) -> str:
     if "ebs" in results:
         parts.append(ebs_section(results))
     parts.append(reading.method_notes())
+    # Hand-measured sections (bench/latency.py, bench/load.py...): kept across re-renders.
+    notes = Path(__file__).resolve().parent / "notes"
+    parts += [path.read_text() for path in sorted(notes.glob("*.md"))]
     return "\n".join(parts)

@@ -65,6 +65,7 @@ def _wave_facts(m: Metrics) -> dict[str, Any]:
         "waves": m.waves_committed,
         "writes_per_wave": m.writes_per_wave,
         "mean_commit_seconds": m.mean_commit_seconds,
+        "leader_waves": m.leader_waves,
     }
 
 
@@ -115,8 +116,14 @@ class _SyncOnlyStore:
     def scan(self, table: str, start: Any, stop: Any, reverse: bool) -> Any:
         return iter(())
 
-    def count(self, table: str) -> int:
+    def count(self, table: str, pending: Any = None) -> int:
         return 0
+
+    def state(self) -> _SyncOnlyStore:
+        return self  # nothing is ever readable: one state serves
+
+    def published(self) -> None:
+        pass
 
     def close(self) -> None:
         os.close(self.fd)

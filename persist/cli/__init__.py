@@ -13,6 +13,7 @@ import click
 from ..errors import PersistError
 from .commands import dump, info, init, passwd, rekey, verify
 from .demo import demo
+from .load import export, load
 from .remote import container, lease
 
 __all__ = ["main"]
@@ -24,7 +25,7 @@ def cli() -> None:
     """persist: encrypted orthogonal persistence for Python."""
 
 
-for command in (init, info, verify, passwd, rekey, dump, demo, lease, container):
+for command in (init, info, verify, passwd, rekey, dump, demo, lease, container, load, export):
     cli.add_command(command)
 
 

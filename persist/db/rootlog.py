@@ -27,9 +27,18 @@ table, and the segments are deleted, in the same atomic batch.
    read it on open, and the work of a fold.
 4. Deletes of keys the tree does not hold stay in the log until the fold,
    where they are no-ops.
+5. **The tail.**  The newest segments, while they total at most
+   ``LogLimits.tail_bytes``, are not rows at all: they ride in the log's
+   catalog payload, inside the encrypted root the commit writes anyway, so
+   a small commit writes ONE row (the root slot).  The commit that would
+   pass the bound writes the tail and its own wave as one merged segment
+   row and empties the tail.  The root authenticates the tail (it is part
+   of the root's plaintext); the chain covers the rows.  The tail is laid
+   over the rows, in order.
 
 Formats (docs/format.md "Root log"): the catalog payload is
-:data:`_META`; a segment is one version byte, then per entry ``u16``
+:data:`_META` (version 1: no tail; version 2: then the tail, each segment
+as ``u32`` length and bytes); a segment is one version byte, then per entry ``u16``
 table-name length, ``u16`` key length, ``u32`` value length (``0xFFFFFFFF``
 for a delete), then the name (UTF-8), the key and the value; at most one
 entry per (table, key) in a segment.
@@ -60,8 +69,11 @@ __all__ = [
 #: The catalog entry and the ebs table of the log.
 LOG_DESCRIPTOR = "log"
 _VERSION = 1
+#: The catalog payload's version when a tail follows the header.
+_TAIL_VERSION = 2
 #: version, generation, number of segments, chain digest
 _META = struct.Struct(">BQI32s")
+_TAIL_LEN = struct.Struct(">I")
 _SEGMENT_KEY = struct.Struct(">QI")
 _ENTRY = struct.Struct(">HHI")
 _DELETED = 0xFFFFFFFF
@@ -96,9 +108,12 @@ class LogLimits:
     max_bytes: int = 2 * 1024 * 1024
     #: Tree nodes a fold may rewrite (estimated); the log folds once it would reach this.
     fold_nodes: int = 2048
+    #: Bytes of the newest segments carried inside the root instead of as rows
+    #: (the tail: a small commit then writes one row); 0 writes every segment as a row.
+    tail_bytes: int = 1024
 
     def __post_init__(self) -> None:
-        if self.max_entries < 0 or self.max_bytes < 0 or self.fold_nodes < 0:
+        if self.max_entries < 0 or self.max_bytes < 0 or self.fold_nodes < 0 or self.tail_bytes < 0:
             raise ValueError("log limits are not negative (0 turns the log off)")
 
 
@@ -168,6 +183,33 @@ def decode_segment(payload: bytes) -> dict[str, Pending]:
     return out
 
 
+def _parse_tail(data: bytes) -> tuple[bytes, ...]:
+    """The tail segments after a version-2 catalog header (rule 5)."""
+    out: list[bytes] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + _TAIL_LEN.size > end:
+            raise IntegrityError("the root log's catalog entry is malformed")
+        (n,) = _TAIL_LEN.unpack_from(data, pos)
+        pos += _TAIL_LEN.size
+        if n == 0 or pos + n > end:
+            raise IntegrityError("the root log's catalog entry is malformed")
+        out.append(data[pos : pos + n])
+        pos += n
+    if not out:
+        raise IntegrityError("the root log's catalog entry is malformed")
+    return tuple(out)
+
+
+def _merge_segments(segments: tuple[bytes, ...]) -> bytes:
+    """One segment holding what ``segments`` say, in order (a later entry wins)."""
+    merged: dict[str, Pending] = {}
+    for segment in segments:
+        for table, tab in decode_segment(segment).items():
+            merged.setdefault(table, {}).update(tab)
+    return encode_segment(merged)
+
+
 class RootLog:
     """One committed log: immutable once built, shared by every reader of its state.
 
@@ -187,6 +229,7 @@ class RootLog:
         "nbytes",
         "recent",
         "segments",
+        "tail",
     )
 
     def __init__(
@@ -198,13 +241,16 @@ class RootLog:
         segments: int = 0,
         chain: bytes = _NO_CHAIN,
         nbytes: int = 0,
+        tail: tuple[bytes, ...] = (),
     ) -> None:
         self.base: dict[str, Pending] = {t: tab for t, tab in (tables or {}).items() if tab}
         self.recent: dict[str, Pending] = {t: tab for t, tab in (recent or {}).items() if tab}
         self.generation = generation
         self.segments = segments
         self.chain = chain
-        #: bytes of all segments
+        #: the newest segments, carried in the catalog payload (rule 5)
+        self.tail = tail
+        #: bytes of all segments, the tail's included
         self.nbytes = nbytes
         #: at least the number of keys in the log (keys in both layers count twice)
         self.bound = sum(map(len, self.base.values())) + sum(map(len, self.recent.values()))
@@ -243,9 +289,18 @@ class RootLog:
 
     def meta(self) -> bytes:
         """The catalog payload; empty while nothing was ever logged."""
-        if self.generation == 0 and self.segments == 0:
+        if self.generation == 0 and self.segments == 0 and not self.tail:
             return b""
-        return _META.pack(_VERSION, self.generation, self.segments, self.chain)
+        if not self.tail:
+            return _META.pack(_VERSION, self.generation, self.segments, self.chain)
+        parts = [_META.pack(_TAIL_VERSION, self.generation, self.segments, self.chain)]
+        for segment in self.tail:
+            parts += [_TAIL_LEN.pack(len(segment)), segment]
+        return b"".join(parts)
+
+    @property
+    def tail_bytes(self) -> int:
+        return sum(map(len, self.tail))
 
     def segment_keys(self) -> list[bytes]:
         return [segment_key(self.generation, i) for i in range(self.segments)]
@@ -256,11 +311,14 @@ class RootLog:
         if not meta:
             return cls()
         try:
-            version, generation, segments, chain = _META.unpack(meta)
+            version, generation, segments, chain = _META.unpack_from(meta)
         except struct.error:
             raise IntegrityError("the root log's catalog entry is malformed") from None
-        if version != _VERSION:
+        if version not in (_VERSION, _TAIL_VERSION):
             raise IntegrityError("the root log has an unknown version")
+        tail = _parse_tail(meta[_META.size :]) if version == _TAIL_VERSION else ()
+        if version == _VERSION and len(meta) != _META.size:
+            raise IntegrityError("the root log's catalog entry is malformed")
         tables: dict[str, Pending] = {}
         running, nbytes = _NO_CHAIN, 0
         for i in range(segments):
@@ -273,14 +331,28 @@ class RootLog:
                 tables.setdefault(table, {}).update(tab)
         if not hmac.compare_digest(running, chain):
             raise IntegrityError("the root log's segments are not the ones its root names")
-        return cls(tables, generation=generation, segments=segments, chain=chain, nbytes=nbytes)
+        for segment in tail:
+            nbytes += len(segment)
+            for table, tab in decode_segment(segment).items():
+                tables.setdefault(table, {}).update(tab)
+        return cls(
+            tables,
+            generation=generation,
+            segments=segments,
+            chain=chain,
+            nbytes=nbytes,
+            tail=tail,
+        )
 
     def appended(
-        self, changes: Changes, segment: bytes | None = None
-    ) -> tuple[RootLog, bytes, bytes]:
-        """``(new log, segment key, segment)``: this log plus ``changes`` as a segment.
+        self, changes: Changes, segment: bytes | None = None, tail_bytes: int = 0
+    ) -> tuple[RootLog, bytes | None, bytes | None]:
+        """``(new log, segment key, segment row)``: this log plus ``changes``.
 
         ``segment``: ``encode_segment(changes)``, when the caller has it already.
+        While the tail plus the segment stays within ``tail_bytes``, the
+        segment joins the tail and no row is written (key and row None);
+        otherwise the tail and ``changes`` become one row, and the tail empties.
         """
         if segment is None:
             segment = encode_segment(changes)
@@ -296,15 +368,28 @@ class RootLog:
             for table, tab in recent.items():
                 base[table] = {**base.get(table, {}), **tab}
             recent = {}
+        old_tail = self.tail_bytes
+        if old_tail + len(segment) <= tail_bytes:
+            log = RootLog(
+                base,
+                recent=recent,
+                generation=self.generation,
+                segments=self.segments,
+                chain=self.chain,
+                nbytes=self.nbytes + len(segment),
+                tail=(*self.tail, segment),
+            )
+            return log, None, None
+        row = segment if not self.tail else _merge_segments((*self.tail, segment))
         log = RootLog(
             base,
             recent=recent,
             generation=self.generation,
             segments=self.segments + 1,
-            chain=_chain(self.chain, segment),
-            nbytes=self.nbytes + len(segment),
+            chain=_chain(self.chain, row),
+            nbytes=self.nbytes - old_tail + len(row),
         )
-        return log, segment_key(self.generation, self.segments), segment
+        return log, segment_key(self.generation, self.segments), row
 
     def folded(self) -> RootLog:
         """The empty log of the next generation (after a fold)."""

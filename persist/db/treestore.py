@@ -50,7 +50,16 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 
-from ..btree import NodeCache, NodeId, NodeReader, Tree, TreeUpdate, apply_batch, bulk_load
+from ..btree import (
+    MAX_KEY_SIZE,
+    NodeCache,
+    NodeId,
+    NodeReader,
+    Tree,
+    TreeUpdate,
+    apply_batch,
+    bulk_load,
+)
 from ..btree.node import BlobRef, Internal, Leaf
 from ..btree.nodestore import NODE_ID_SIZE
 from ..ebs import EncryptedStore, Table, WriteBatch
@@ -544,9 +553,10 @@ class TreeWaveStore:
             old_set, tree_set = tree_set, self._tree_set(roots)
             tree_set._counts.update(old_set._counts)
             self._superseded.append(old_set)
-        log, key, segment = state.log.appended(changes, segment)
+        log, key, row = state.log.appended(changes, segment, self.log_limits.tail_bytes)
         batch = self.ebs.batch()
-        batch.put_row(self._log_table, key, segment, new=True)  # a fresh key per segment
+        if key is not None and row is not None:  # else the segment rides in the root
+            batch.put_row(self._log_table, key, row, new=True)  # a fresh key per segment
         self.ebs.commit(batch, self._catalog(tree_set.roots, log))
         self._state = _State(tree_set, log)
 
@@ -561,6 +571,7 @@ class TreeWaveStore:
             pending[name] = {**logged, **tab} if logged else tab
         new_counts: dict[str, CountIndex] = {}
         for name, tab in pending.items():
+            tab = _foldable(name, tab)
             old = roots.get(name)
             ns = self._store(name, empty=old is None)
             root, update = apply_batch(ns, old, tab, cache=self.cache)
@@ -622,7 +633,7 @@ class TreeWaveStore:
         its next commit publishes and retires them.
         """
         state = self._state
-        if state.log.segments:
+        if state.log.segments or state.log.tail:
             self._fold(state, {})
 
     # -- the format-v1 upgrade ---------------------------------------------------
@@ -705,7 +716,8 @@ class TreeWaveStore:
         store is closed.
         """
         try:
-            if self._state.log.segments and self._writable():
+            log = self._state.log
+            if (log.segments or log.tail) and self._writable():
                 self.fold()
         finally:
             try:
@@ -719,6 +731,29 @@ class TreeWaveStore:
         except PersistError:
             return False
         return True
+
+
+def _foldable(table: str, changes: Mapping[bytes, bytes | None]) -> Mapping[bytes, bytes | None]:
+    """``changes`` without the deletes of keys the trees cannot hold.
+
+    A store written before keys were checked at the write may hold keys over
+    MAX_KEY_SIZE in its root log.  A delete of one is a no-op for the trees
+    (they cannot hold it) and is dropped; a put cannot be folded at all: a
+    clear IntegrityError instead of the tree layer's ValueError.
+    """
+    if not changes or max(map(len, changes)) <= MAX_KEY_SIZE:
+        return changes
+    out: dict[bytes, bytes | None] = {}
+    for key, value in changes.items():
+        if len(key) <= MAX_KEY_SIZE:
+            out[key] = value
+        elif value is not None:
+            raise IntegrityError(
+                f"the root log of table {table!r} holds a key of {len(key)} bytes (an older "
+                f"version accepted it); the trees hold keys of at most {MAX_KEY_SIZE} bytes, "
+                "so the log cannot be folded: open the store read-only to export the entry"
+            )
+    return out
 
 
 def _table_roots(catalog: Mapping[str, bytes], prefix: str) -> dict[str, NodeId | None]:

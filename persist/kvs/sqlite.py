@@ -60,6 +60,12 @@ APPLICATION_ID = 0x70727374
 
 _SCHEMA = "CREATE TABLE kv (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL)"
 _BUSY_TIMEOUT_MS = 10_000
+#: An upsert, not ``INSERT OR REPLACE``: REPLACE deletes the old row and inserts
+#: a new one under a new rowid, which rewrites the table page the old row was in,
+#: the page at the end of the table and the key index's page twice over; an
+#: update in place rewrites only the row's own page (the root slots are
+#: rewritten by every commit: docs/benchmarks.md, "A small commit").
+_UPSERT = "INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
 #: Rows fetched per statement by a snapshot's scan (its connection is shared).
 _PAGE_ROWS = 256
 
@@ -297,7 +303,7 @@ class SQLiteStore(Store):
                 if new is None:
                     conn.execute("DELETE FROM kv WHERE k = ?", (key,))
                 else:
-                    conn.execute("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", (key, new))
+                    conn.execute(_UPSERT, (key, new))
                 conn.execute("COMMIT")
                 return True
             except BaseException as exc:
@@ -334,7 +340,7 @@ class SQLiteStore(Store):
                         return False
                 if deletes:
                     conn.executemany("DELETE FROM kv WHERE k = ?", [(k,) for k in deletes])
-                conn.executemany("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", puts)
+                conn.executemany(_UPSERT, puts)
                 conn.execute("COMMIT")
                 return True
             except BaseException as exc:

@@ -35,7 +35,8 @@ durable batch.  Numbered rules (docs/design.md repeats them):
    (b) ``max_delay`` has passed since its first write; (c) it reached its
    size cap; (d) the database is closing.  While a commit runs, the next
    wave gathers every write and waiter that arrives meanwhile: the group
-   commit.
+   commit.  While writes keep coming the idle persistence thread polls every
+   ``max_delay`` (rule b still holds), so a first write needs not wake it.
 5. **Back-pressure.** When ``max_queued_waves`` closed waves wait, plain
    writes and new blocks block until one is durable.  Writes inside an open
    block never block (their wave cannot seal before the block ends).
@@ -48,9 +49,11 @@ durable batch.  Numbered rules (docs/design.md repeats them):
    later one fail with :class:`~persist.errors.CommitFailed`, the overlays are
    dropped (reads show the committed state) and every later write,
    block or commit-wait raises until the database is reopened.
-9. **Hooks.** Pre-commit hooks run on the persistence thread before a wave is
-   sealed and their writes go into that wave.  Post-commit hooks run after the
-   wave is durable; an exception in one is logged and ignored.
+9. **Hooks.** Pre-commit hooks run on the committing thread (the persistence
+   thread, or a leader: rule 12) before a wave is sealed and their writes go
+   into that wave.  Post-commit hooks run on the same thread after the wave
+   is durable, before the next wave may start committing; an exception in
+   one is logged and ignored.
 10. **Exit.** ``close()`` commits what is pending and joins the persistence
     thread (a daemon: a hard exit loses only the waves not yet committed).
 11. **Wake-ups.** A done wave's waiting threads wake one at a time, newest
@@ -61,6 +64,21 @@ durable batch.  Numbered rules (docs/design.md repeats them):
     that stalls (a waiter interrupted between the two steps) is finished by
     the persistence thread once it has not moved for ``_CHAIN_STALL``
     seconds.  A failed wave wakes all its waiters at once.
+12. **One committer; the leader.**  One thread at a time holds the committer
+    role (``_committer``): it takes the oldest wave, runs the hooks, commits
+    and publishes it, and only then lets go.  The persistence thread takes
+    the role for timed, capped and grouped waves.  A thread that calls
+    ``commit_wait()`` (no timeout) when the database is idle -- no wave
+    committing or queued, its wave the only one, no block open in it, not
+    closing -- and whose wait would seal the wave at once by rule 4a takes
+    the role itself: it closes the wave, commits it on its own thread and
+    wakes the wave's other waiters, as LevelDB's leader writer does.  So a
+    lone writer pays no hand-off between threads, and under load the waiter
+    that completes a group commits it.  Writes and waiters arriving
+    meanwhile form the next wave, exactly as while the persistence thread
+    commits.  A failure on the leader's thread poisons like any other
+    (rule 8): every waiter of every queued wave gets it, the leader too.
+    ``acommit_wait`` never leads (a commit would block the event loop).
 """
 
 from __future__ import annotations
@@ -86,6 +104,12 @@ log = logging.getLogger("persist.mux")
 #: wakes the rest of its waiters at once (rule 11).  Well above the GIL's
 #: switch interval (5 ms), which a woken thread may wait to run at all.
 _CHAIN_STALL = 0.05
+#: Seconds after a wave's first write during which the idle persistence thread
+#: keeps polling every ``max_delay`` instead of sleeping until notified, so a
+#: first write need not wake it (rule 4b).  Shorter ``max_delay`` values than
+#: :data:`_POLL_MIN` do not poll.
+_POLL_ACTIVE = 1.0
+_POLL_MIN = 0.001
 
 
 @dataclass(frozen=True)
@@ -118,6 +142,8 @@ class Metrics:
     last_commit_seconds: float
     max_commit_seconds: float
     queue_depth: int
+    #: waves committed by a leader on its own thread (rule 12)
+    leader_waves: int = 0
 
     @property
     def writes_per_wave(self) -> float:
@@ -176,6 +202,17 @@ class Multiplexer:
         self._poison: BaseException | None = None
         self._closing = False
         self._hook_wave: Wave | None = None
+        #: ident of the thread holding the committer role (rule 12), or None
+        self._committer: int | None = None
+        self._leader_waves = 0
+        #: writers blocked by back-pressure (rule 5), waiting on ``_cond``
+        self._room_waiters = 0
+        #: the persistence thread waits without a bound of ``max_delay``: a first
+        #: write must notify it.  While writes keep coming it polls instead
+        #: (every ``max_delay``), which spares a lone writer a thread wake-up
+        #: per write (about 90 µs of GIL contention on the development machine).
+        self._runner_asleep = True
+        self._last_first_write = 0.0
         self._pre_hooks: list[Callable[[], None]] = []
         self._post_hooks: list[Callable[[int], None]] = []
         self._waves_committed = 0
@@ -212,7 +249,11 @@ class Multiplexer:
             over = self._over_cap(wave)  # within an open block a wave grows past its cap
             for key, value in items:
                 wave.record(table, key, value, self.config.max_delay)
-            if first or (not over and self._over_cap(wave)):
+            if first:
+                self._last_first_write = wave.first_write or 0.0
+            # A first write starts the max_delay clock (rule 4b): the persistence
+            # thread must hear of it only if it sleeps longer than max_delay.
+            if (first and self._runner_asleep) or (not over and self._over_cap(wave)):
                 self._cond.notify_all()
 
     def _target_wave(self, blk: _Block | None) -> Wave:
@@ -220,7 +261,7 @@ class Multiplexer:
         if blk is not None and blk.binds(self):
             self._check_poison()
             return blk.wave
-        if self._hook_wave is not None and threading.current_thread() is self._thread:
+        if self._hook_wave is not None and threading.get_ident() == self._committer:
             return self._hook_wave
         self._check_writable()
         self._wait_for_room()
@@ -238,7 +279,11 @@ class Multiplexer:
     def _wait_for_room(self) -> None:
         """REQUIRES: lock held.  Back-pressure (rule 5)."""
         while len(self._waves) - 1 >= self.config.max_queued_waves:
-            self._cond.wait()
+            self._room_waiters += 1
+            try:
+                self._cond.wait()
+            finally:
+                self._room_waiters -= 1
             self._check_writable()
 
     def _check_poison(self) -> None:
@@ -250,14 +295,21 @@ class Multiplexer:
         if self._closing:
             raise ClosedError("the database is closed")
 
-    def _close_newest(self) -> None:
+    def _close_newest(self, *, notify: bool = True) -> None:
         """REQUIRES: lock held.  Close the OPEN wave and append a new one (rule 2)."""
         newest = self._waves[-1]
         newest.state = WaveState.CLOSING
         self._waves.append(Wave(self._next_number))
         self._next_number += 1
         self._view = (tuple(self._waves), self._view[1])
-        self._cond.notify_all()
+        if notify:
+            self._cond.notify_all()
+
+    def _in_commit(self) -> bool:
+        """True on the thread that holds the committer role or runs the loop (rule 12)."""
+        return threading.get_ident() == self._committer or (
+            threading.current_thread() is self._thread
+        )
 
     # -- atomic blocks -----------------------------------------------------------
 
@@ -276,7 +328,7 @@ class Multiplexer:
         if outer is not None and outer.binds(self):
             outer.depth += 1
             return None
-        if threading.current_thread() is self._thread:
+        if self._in_commit():
             raise RuntimeError("atomic blocks cannot start in a commit hook")
         with self._cond:
             self._check_writable()
@@ -332,15 +384,23 @@ class Multiplexer:
     def commit_wait(self, timeout: float | None = None) -> None:
         """Return when every change made before the call is durable (rule 6).
 
-        A thread waits on a lock of its own, released once the wave is done
-        by the persistence thread or by the waiter woken before it (rule 11);
-        it then releases the next waiter's lock.
+        On an idle database, without a timeout, the caller commits its wave
+        itself (rule 12).  Otherwise it waits on a lock of its own, released
+        once the wave is done by the committing thread or by the waiter woken
+        before it (rule 11); it then releases the next waiter's lock.
         """
         waker = threading.Lock()
         waker.acquire()
-        wave = self._request_wait(waker, blocking=True)
+        wave = self._request_wait(waker, blocking=True, lead=timeout is None)
         if wave is None:
             return
+        if wave.leader == threading.get_ident():
+            failure = self._commit(wave, leader=True)
+            if failure is None:
+                return
+            if not isinstance(failure, Exception):
+                raise failure  # KeyboardInterrupt and the like, after poisoning
+            raise CommitFailed(str(wave.failure)) from failure
         try:
             woken = waker.acquire(timeout=-1 if timeout is None else timeout)
         except BaseException:  # interrupted: leave the chain of wake-ups intact
@@ -364,8 +424,14 @@ class Multiplexer:
             except CommitFailed as exc:
                 raise CommitFailed(str(exc)) from exc.__cause__
 
-    def _request_wait(self, waker: threading.Lock | None, *, blocking: bool = False) -> Wave | None:
+    def _request_wait(
+        self, waker: threading.Lock | None, *, blocking: bool = False, lead: bool = False
+    ) -> Wave | None:
         """The wave to wait for (None: nothing pending); ``waker`` joins its wakers.
+
+        ``lead``: the caller may take the committer role (rule 12); it then
+        gets its wave closed, with ``wave.leader`` set to its thread, and
+        must commit it (:meth:`_commit`).
 
         ``blocking``: the caller will block its thread.  On a thread that runs
         an event loop that deadlocks when another task of the loop has an
@@ -375,7 +441,7 @@ class Multiplexer:
         blk = _current_block.get()
         if blk is not None and blk.binds(self):
             raise RuntimeError("commit_wait inside an atomic block would wait for itself")
-        if threading.current_thread() is self._thread:
+        if self._in_commit():
             raise RuntimeError("commit_wait in a commit hook would wait for itself")
         loop_thread = blocking and asyncio._get_running_loop() is not None
         with self._cond:
@@ -395,6 +461,20 @@ class Multiplexer:
                     if wave is target:
                         break
             target.waiters += 1
+            if (
+                lead
+                and self._committer is None
+                and len(self._waves) == 1
+                and target.open_blocks == 0
+                and not self._closing
+                and (
+                    target.waiters >= self._expected_waiters
+                    or time.monotonic() >= self._last_end + self._commit_last
+                )
+            ):
+                self._committer = target.leader = threading.get_ident()
+                self._close_newest(notify=False)
+                return target
             if waker is not None:
                 target.add_waker(waker)
             # Wake the persistence thread only when the sealing rule (rule 4)
@@ -511,6 +591,7 @@ class Multiplexer:
                 last_commit_seconds=self._commit_last,
                 max_commit_seconds=self._commit_max,
                 queue_depth=len(self._waves) - 1,
+                leader_waves=self._leader_waves,
             )
 
     @property
@@ -524,7 +605,7 @@ class Multiplexer:
         blk = _current_block.get()
         if blk is not None and blk.binds(self):
             raise RuntimeError("close inside an atomic block would wait for itself")
-        if threading.current_thread() is self._thread:
+        if self._in_commit():
             raise RuntimeError("close in a commit hook would wait for itself")
         with self._cond:
             already = self._closing
@@ -545,17 +626,28 @@ class Multiplexer:
             wave = self._next_wave()
             if wave is None:
                 return
-            try:
-                self._run_pre_hooks(wave)
-                with self._cond:
-                    wave.state = WaveState.SEALED
-                started = time.monotonic()
-                self._store.commit_wave(wave.number, wave.changes)
-                elapsed = time.monotonic() - started
-            except BaseException as exc:  # every failure poisons (rule 8)
-                self._fail(exc)
+            if self._commit(wave, leader=False) is not None:
                 return
-            self._finish(wave, elapsed)
+
+    def _commit(self, wave: Wave, *, leader: bool) -> BaseException | None:
+        """Seal, commit and publish ``wave``, then give up the committer role.
+
+        REQUIRES: the calling thread holds the role (rule 12) and ``wave`` is
+        the oldest, CLOSING, with no block open.  Returns the failure (the
+        database is then poisoned: rule 8), None on success.
+        """
+        try:
+            self._run_pre_hooks(wave)
+            with self._cond:
+                wave.state = WaveState.SEALED
+            started = time.monotonic()
+            self._store.commit_wave(wave.number, wave.changes)
+            elapsed = time.monotonic() - started
+        except BaseException as exc:  # every failure poisons (rule 8)
+            self._fail(exc)
+            return exc
+        self._finish(wave, elapsed, leader=leader)
+        return None
 
     def _next_wave(self) -> Wave | None:
         """Wait until the oldest wave may seal (rules 3, 4); None when done."""
@@ -577,9 +669,12 @@ class Multiplexer:
                 ):
                     self._close_newest()
                 oldest = self._waves[0]
-                if oldest.state is WaveState.CLOSING and oldest.open_blocks == 0:
+                if self._committer is not None:
+                    pass  # a leader commits (rule 12): it notifies when done
+                elif oldest.state is WaveState.CLOSING and oldest.open_blocks == 0:
+                    self._committer = threading.get_ident()
                     return oldest
-                if self._closing and len(self._waves) == 1 and oldest.open_blocks == 0:
+                elif self._closing and len(self._waves) == 1 and oldest.open_blocks == 0:
                     self._finish_chains()
                     return None
                 timeout = None
@@ -591,7 +686,16 @@ class Multiplexer:
                         timeout = max(min(wake) - now, 0.0)
                 if self._chains:
                     timeout = _CHAIN_STALL if timeout is None else min(timeout, _CHAIN_STALL)
+                delay = self.config.max_delay
+                if (
+                    timeout is None
+                    and delay >= _POLL_MIN
+                    and now - self._last_first_write < _POLL_ACTIVE
+                ):
+                    timeout = delay  # poll: a first write meanwhile needs no wake-up
+                self._runner_asleep = timeout is None or timeout > delay
                 self._cond.wait(timeout)
+                self._runner_asleep = False  # it looks at everything before it waits again
 
     def _watch_chains(self, now: float) -> None:
         """Drop finished chains of wake-ups; finish those that stalled (rule 11)."""
@@ -622,8 +726,9 @@ class Multiplexer:
             with self._cond:
                 self._hook_wave = None
 
-    def _finish(self, wave: Wave, elapsed: float) -> None:
+    def _finish(self, wave: Wave, elapsed: float, *, leader: bool) -> None:
         state = self._store.state()
+        hooks = self._post_hooks
         with self._cond:
             assert self._waves[0] is wave
             self._waves.popleft()
@@ -634,29 +739,54 @@ class Multiplexer:
             # seals at once only when they (and those already waiting) are in.
             self._expected_waiters = max(1, wave.waiters + self._waves[0].waiters)
             self._waves_committed += 1
+            self._leader_waves += leader
             self._writes_committed += wave.writes
             self._max_writes = max(self._max_writes, wave.writes)
             self._commit_total += elapsed
             self._commit_last = elapsed
             self._commit_max = max(self._commit_max, elapsed)
-            self._cond.notify_all()
+            # Rule 11: wake one waiter; it wakes the next.  No waker joins a
+            # wave that left the queue, so the chain's length is fixed now.
+            if wave.wakers:
+                self._chains[wave] = None
+            if not hooks:
+                self._release_role()
+            else:
+                self._cond.notify_all()  # back-pressure: a wave left the queue
         self._store.published()
         wave.future.set_result(None)
-        # Rule 11: wake one waiter; it wakes the next.  No waker joins a
-        # wave that left the queue, so the chain's length is fixed now.
         wave.wake_next()
-        if wave.wakers:
-            self._chains[wave] = None
-        for hook in self._post_hooks:
-            try:
-                hook(wave.number)
-            except Exception:
-                log.exception("post-commit hook %r failed; the wave is durable", hook)
+        if hooks:
+            for hook in hooks:
+                try:
+                    hook(wave.number)
+                except Exception:
+                    log.exception("post-commit hook %r failed; the wave is durable", hook)
+            with self._cond:
+                self._release_role()
+
+    def _release_role(self) -> None:
+        """REQUIRES: lock held, by the committer.  Let the next committer in (rule 12).
+
+        Nobody needs waking when the queue is down to an empty OPEN wave and
+        no chain of wake-ups is watched: the lone writer's case, where it
+        would only cost the persistence thread a useless turn.
+        """
+        self._committer = None
+        if (
+            len(self._waves) > 1
+            or not self._waves[-1].empty
+            or self._chains
+            or self._closing
+            or self._room_waiters
+        ):
+            self._cond.notify_all()
 
     def _fail(self, exc: BaseException) -> None:
         log.error("commit failed; the database is poisoned until reopened: %r", exc)
         with self._cond:
             self._poison = exc
+            self._committer = None
             failed = list(self._waves)
             for wave in failed:
                 wave.state = WaveState.DONE
@@ -670,7 +800,8 @@ class Multiplexer:
             wave.failure = error
             wave.future.set_exception(error)
             wave.wake_all()
-        self._finish_chains()
+        with self._cond:
+            self._finish_chains()
 
 
 def _check_newer(view: object, seen: object) -> None:

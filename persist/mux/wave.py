@@ -53,6 +53,7 @@ class Wave:
         "failure",
         "first_write",
         "future",
+        "leader",
         "number",
         "open_blocks",
         "state",
@@ -70,6 +71,8 @@ class Wave:
         #: thread ident -> atomic blocks of that thread open in this wave
         self.block_threads: dict[int, int] = {}
         self.waiters = 0
+        #: ident of the thread that commits this wave itself (multiplexer rule 12)
+        self.leader: int | None = None
         self.writes = 0  # write calls, including overwrites of one key
         self.bytes = 0  # approximate memory held: keys plus values
         self.first_write: float | None = None
