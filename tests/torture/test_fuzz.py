@@ -139,7 +139,9 @@ def test_count_tree_entries() -> None:
 
 def test_root_log_segments() -> None:
     seg = encode_segment({"t": {b"k": b"v" * 30, b"gone": None}, "u": {b"\x00": b""}})
-    _fuzz("root_log_segment", [seg], decode_segment)
+    # names of many UTF-8 bytes, so that damage lands in a name (not only in values)
+    names = encode_segment({"tablé ñame " * 8: {b"k": b"v"}, "€" * 30: {b"": None}})
+    _fuzz("root_log_segment", [seg, names], decode_segment)
 
 
 def test_key_encoding() -> None:
