@@ -11,16 +11,29 @@ over any store and, when armed, makes the next write fail in one of three ways:
 * otherwise the call raises before the inner store sees anything.
 
 Faults fire once; ``fail_write_number(n)`` arms one for the n-th write.
+
+:class:`PowerCutStore` records every batch that reached the inner store
+(each one durable on return: the backends sync before ``write`` returns) and
+calls ``after_sync`` after each, so a test can snapshot the files at every
+sync point.  :func:`power_cut` rebuilds, on the memory oracle, what a power
+cut leaves after the first ``n`` batches: everything later is lost, and the
+batch in flight is dropped whole, as every backend's batch is atomic
+(SQLite's WAL commit frame, LevelDB's log record, a PostgreSQL transaction);
+tearing *inside* a batch is done on the real files (tests/torture/test_power.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from ..errors import StoreIOError
 from ..kvs.base import Snapshot, Store
+from ..kvs.memory import MemoryStore
 
-__all__ = ["FaultyStore", "InjectedFault"]
+#: One recorded batch: its puts in order and its deletes.
+Batch = tuple[list[tuple[bytes, bytes]], list[bytes]]
+
+__all__ = ["Batch", "FaultyStore", "InjectedFault", "PowerCutStore", "power_cut"]
 
 
 class InjectedFault(StoreIOError):
@@ -119,3 +132,49 @@ def _explode_after(
             raise exc
         yield pair
     raise exc
+
+
+class PowerCutStore(FaultyStore):
+    """A :class:`FaultyStore` that records every batch the inner store applied."""
+
+    def __init__(self, inner: Store, after_sync: Callable[[int], None] | None = None) -> None:
+        super().__init__(inner)
+        self.batches: list[Batch] = []
+        self.after_sync = after_sync
+
+    def _applied(self, puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        self.batches.append((puts, deletes))
+        if self.after_sync is not None:
+            self.after_sync(len(self.batches))
+
+    def _write(self, puts: Iterator[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        pairs = list(puts)
+        super()._write(iter(pairs), deletes)
+        self._applied(pairs, list(deletes))
+
+    def _write_if(
+        self,
+        key: bytes,
+        expected: bytes | None,
+        puts: Iterator[tuple[bytes, bytes]],
+        deletes: list[bytes],
+    ) -> bool:
+        pairs = list(puts)
+        done = self.inner.write_if(key, expected, pairs, deletes)
+        if done:
+            self._applied(pairs, list(deletes))
+        return done
+
+    def _compare_and_set(self, key: bytes, expected: bytes | None, new: bytes | None) -> bool:
+        done = self.inner.compare_and_set(key, expected, new)
+        if done:
+            self._applied([] if new is None else [(key, new)], [] if new is not None else [key])
+        return done
+
+
+def power_cut(batches: list[Batch], n: int) -> MemoryStore:
+    """A memory store holding what survives a power cut after ``n`` durable batches."""
+    store = MemoryStore()
+    for puts, deletes in batches[:n]:
+        store.write(puts, deletes)
+    return store
