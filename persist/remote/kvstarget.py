@@ -230,6 +230,11 @@ class KvsContainer(Container):
                 raise self._missing()
             yield store
 
+    def hold(self) -> contextlib.AbstractContextManager[object]:
+        if self.target.read_only:
+            return contextlib.nullcontext()
+        return self.target.session(write=True)
+
     def _get(self, key: bytes) -> bytes | None:
         with self.target.session(write=False) as store:
             return self.view(store).get(key)
