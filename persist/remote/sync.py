@@ -299,6 +299,15 @@ def _replica_roots(
     return root, previous, False
 
 
+def _intent(ebs: EncryptedStore) -> bytes:
+    """The intent row's value: names the database (by a keyed hash of its id) so
+    that rows of an interrupted first push are told from another database's."""
+    tag = hashlib.blake2b(
+        ebs.root.db_id, key=ebs.keyring.root_slot_key(0), digest_size=16, person=b"persist-intent"
+    )
+    return INTENT_VALUE + tag.digest()
+
+
 def _fixed_rows(
     ebs: EncryptedStore, get: Callable[[bytes], bytes | None]
 ) -> dict[bytes, bytes | None]:
@@ -418,7 +427,18 @@ def _push(
                 f"{container.location} holds another transaction {old_root.count}: "
                 "the replica and the store have forked"
             )
-    interrupted = container.get(INTENT_KEY) is not None
+    intent = _intent(ebs)
+    stored_intent = container.get(INTENT_KEY)
+    interrupted = stored_intent is not None
+    if old_root is None and not replace and container.holds_rows():
+        # No root these keys open, yet rows: another database's, unless the rows
+        # are this database's own first push, interrupted (its intent says so).
+        if stored_intent is None or not hmac.compare_digest(stored_intent, intent):
+            raise WrongDatabase(
+                f"{container.location} holds rows of a database these keys do not open "
+                "(another database, or this one before a key rotation): replace=True "
+                "overwrites it"
+            )
     local_fixed = _fixed_rows(ebs, snap.get)
     remote_fixed = _fixed_rows(ebs, container.get)
     previous = None if old_root is None else old_root.count
@@ -428,7 +448,7 @@ def _push(
         return PushResult(container.location, new_root.count, previous, 0, 0, False)
     full = interrupted or sweep or damaged or (old_root is None and container.holds_rows())
     if not interrupted:
-        container.write({INTENT_KEY: INTENT_VALUE})
+        container.write({INTENT_KEY: intent})
     diff: Diff | None = None
     if not full:
         try:
