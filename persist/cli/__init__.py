@@ -14,6 +14,7 @@ from ..errors import PersistError
 from .commands import dump, info, init, passwd, rekey, verify
 from .demo import demo
 from .remote import container, lease
+from .replicas import poll, pull, push, restore
 
 __all__ = ["main"]
 
@@ -24,7 +25,21 @@ def cli() -> None:
     """persist: encrypted orthogonal persistence for Python."""
 
 
-for command in (init, info, verify, passwd, rekey, dump, demo, lease, container):
+for command in (
+    init,
+    info,
+    verify,
+    passwd,
+    rekey,
+    dump,
+    demo,
+    push,
+    pull,
+    poll,
+    restore,
+    lease,
+    container,
+):
     cli.add_command(command)
 
 

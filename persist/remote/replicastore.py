@@ -29,7 +29,7 @@ class ContainerStore(Store):
         self.container = container
         self._owns = owns
         self._hold = contextlib.ExitStack()
-        self._hold.enter_context(container.hold())
+        self._hold.enter_context(container._session())
 
     @property
     def canonical_location(self) -> str:

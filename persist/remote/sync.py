@@ -71,7 +71,7 @@ from ..errors import (
     StoreNotFound,
     WrongDatabase,
 )
-from ..kvs import open_store
+from ..kvs import display_location, open_store
 from ..kvs.base import Snapshot
 from .dirtarget import DirTarget
 from .kvstarget import KvsTarget
@@ -201,6 +201,10 @@ def _source(
             opened.close()
 
 
+def _shown(location: str) -> str:
+    return display_location(location)  # never a password in a message
+
+
 def _fresh(freshness: Freshness) -> str | os.PathLike[str] | Literal[False] | None:
     if freshness is True or freshness is None:
         return None
@@ -258,7 +262,7 @@ def replica_identity(container: Container) -> str:
     return f"replica:{base}#{container.name}"
 
 
-def _replica_record_path(freshness: Freshness, container: Container) -> Path | None:
+def replica_record_path(freshness: Freshness, container: Container) -> Path | None:
     ident = replica_identity(container)
     if freshness is False:
         return None
@@ -287,11 +291,11 @@ def _replica_roots(
     valid = [r for r in roots if isinstance(r, RootRecord)]
     if not valid:
         raise WrongDatabase(
-            f"{container.location} holds a database these keys do not open (another "
+            f"{_shown(container.location)} holds a database these keys do not open (another "
             "database, or this one before a key rotation)"
         )
     if any(not hmac.compare_digest(r.db_id, ebs.root.db_id) for r in valid):
-        raise WrongDatabase(f"{container.location} holds another database")
+        raise WrongDatabase(f"{_shown(container.location)} holds another database")
     try:
         root, previous = choose_root(roots, container.location)
     except IntegrityError:
@@ -336,7 +340,7 @@ def _batches(
 def _check_lease(lease: Lease | None) -> None:
     if lease is not None and lease.remaining() <= 0:
         raise LeaseLost(
-            f"the lease of {lease.container.location} ran out during the push; "
+            f"the lease of {_shown(lease.container.location)} ran out during the push; "
             "the replica still holds its previous root"
         )
 
@@ -378,7 +382,7 @@ def push(
         new_root = _root_of(ebs, snap.get, ebs.kvs.location)
         with (
             _replica(target, create=True, read_only=False) as container,
-            container.hold(),
+            container._session(),
         ):
             return _push(ebs, snap, new_root, container, lease, replace, sweep, freshness, report)
 
@@ -402,7 +406,7 @@ def _push(
         record = read_lease(container)
         if record is not None and record.held:
             raise LeaseHeld(
-                f"the lease of {container.location} is held by {record.holder}: "
+                f"the lease of {_shown(container.location)} is held by {record.holder}: "
                 "push with that lease (or release it)",
                 record,
             )
@@ -417,34 +421,38 @@ def _push(
     if old_root is not None and not damaged:
         if old_root.count > new_root.count:
             raise ForkDetected(
-                f"{container.location} holds transaction {old_root.count}, newer than the "
+                f"{_shown(container.location)} holds transaction {old_root.count}, newer than the "
                 f"store's {new_root.count}: another writer pushed (pull first)"
             )
         if old_root.count == new_root.count and not hmac.compare_digest(
             old_root.digest, new_root.digest
         ):
             raise ForkDetected(
-                f"{container.location} holds another transaction {old_root.count}: "
+                f"{_shown(container.location)} holds another transaction {old_root.count}: "
                 "the replica and the store have forked"
             )
     intent = _intent(ebs)
     stored_intent = container.get(INTENT_KEY)
     interrupted = stored_intent is not None
-    if old_root is None and not replace and container.holds_rows():
-        # No root these keys open, yet rows: another database's, unless the rows
-        # are this database's own first push, interrupted (its intent says so).
-        if stored_intent is None or not hmac.compare_digest(stored_intent, intent):
-            raise WrongDatabase(
-                f"{container.location} holds rows of a database these keys do not open "
-                "(another database, or this one before a key rotation): replace=True "
-                "overwrites it"
-            )
+    # No root these keys open, yet rows: another database's, unless the rows
+    # are this database's own first push, interrupted (its intent says so).
+    if (
+        old_root is None
+        and not replace
+        and container.holds_rows()
+        and (stored_intent is None or not hmac.compare_digest(stored_intent, intent))
+    ):
+        raise WrongDatabase(
+            f"{_shown(container.location)} holds rows of a database these keys do not open "
+            "(another database, or this one before a key rotation): replace=True "
+            "overwrites it"
+        )
     local_fixed = _fixed_rows(ebs, snap.get)
     remote_fixed = _fixed_rows(ebs, container.get)
     previous = None if old_root is None else old_root.count
     same = old_root is not None and hmac.compare_digest(old_root.digest, new_root.digest)
     if same and not interrupted and not sweep and not damaged and local_fixed == remote_fixed:
-        _save(_replica_record_path(freshness, container), new_root)
+        _save(replica_record_path(freshness, container), new_root)
         return PushResult(container.location, new_root.count, previous, 0, 0, False)
     full = interrupted or sweep or damaged or (old_root is None and container.holds_rows())
     if not interrupted:
@@ -490,7 +498,7 @@ def _push(
         deleted += len(chunk)
         report("deleting garbage", deleted, len(dels))
     container.delete([INTENT_KEY])
-    _save(_replica_record_path(freshness, container), new_root)
+    _save(replica_record_path(freshness, container), new_root)
     return PushResult(container.location, new_root.count, previous, written, deleted, full)
 
 
@@ -520,12 +528,13 @@ def poll(
             if root is None:
                 return PollResult(container.location, local.count, None, False)
             if damaged:
-                raise IntegrityError(f"the root slots of {container.location} are damaged")
-            path = _replica_record_path(freshness, container)
+                raise IntegrityError(f"the root slots of {_shown(container.location)} are damaged")
+            path = replica_record_path(freshness, container)
             check_freshness(FreshnessRecord.load(path) if path else None, root, previous)
             if root.count == local.count and not hmac.compare_digest(root.digest, local.digest):
                 raise ForkDetected(
-                    f"{container.location} holds another transaction {root.count} than the store"
+                    f"{_shown(container.location)} holds another transaction {root.count} "
+                    "than the store"
                 )
             return PollResult(container.location, local.count, root.count, root.count > local.count)
 
@@ -563,14 +572,16 @@ def pull(
             local = ebs.root
             with (
                 _replica(target, create=False, read_only=True) as container,
-                container.hold(),
+                container._session(),
             ):
                 root, previous, damaged = _replica_roots(ebs, container)
                 if root is None:
-                    raise StoreNotFound(f"{container.location} holds no database")
+                    raise StoreNotFound(f"{_shown(container.location)} holds no database")
                 if damaged:
-                    raise IntegrityError(f"the root slots of {container.location} are damaged")
-                rpath = _replica_record_path(freshness, container)
+                    raise IntegrityError(
+                        f"the root slots of {_shown(container.location)} are damaged"
+                    )
+                rpath = replica_record_path(freshness, container)
                 check_freshness(FreshnessRecord.load(rpath) if rpath else None, root, previous)
                 check_freshness(FreshnessRecord.of(local), root, previous)
                 if hmac.compare_digest(root.digest, local.digest):
@@ -627,8 +638,8 @@ def restore(
         ContainerStore(container) as rstore,
     ):
         if not container.exists():
-            raise StoreNotFound(f"no container {container.location}")
-        rpath = _replica_record_path(freshness, container)
+            raise StoreNotFound(f"no container {_shown(container.location)}")
+        rpath = replica_record_path(freshness, container)
         ebs = EncryptedStore.open(
             rstore,
             passphrase,
@@ -650,7 +661,7 @@ def restore(
     with open_store(path, create=True) as dest:
         existing = [k for k, _ in dest.scan(b"\x00")]
         if existing and not overwrite:
-            raise StoreExists(f"{path} already holds a store (overwrite=True replaces it)")
+            raise StoreExists(f"{_shown(path)} already holds a store (overwrite=True replaces it)")
         lpath = resolve_location(_fresh(freshness), dest.canonical_location, dest.location)
         if lpath is not None and not overwrite:
             check_freshness(FreshnessRecord.load(lpath), root)

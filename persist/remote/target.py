@@ -304,7 +304,7 @@ class Container(abc.ABC):
     def _write_atomic(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
         self._write(puts, deletes)  # atomic on kvs targets (contract rule 2)
 
-    def hold(self) -> contextlib.AbstractContextManager[object]:
+    def _session(self) -> contextlib.AbstractContextManager[object]:
         """Keep what the target needs open for a sequence of operations (a push):
         a kvs target then opens its store once, not once per call."""
         return contextlib.nullcontext()
@@ -372,6 +372,9 @@ class Container(abc.ABC):
 
     async def awrite(self, puts: Puts = (), deletes: Iterable[bytes] = ()) -> None:
         await asyncio.to_thread(self.write, puts, deletes)
+
+    async def awrite_atomic(self, puts: Puts = (), deletes: Iterable[bytes] = ()) -> None:
+        await asyncio.to_thread(self.write_atomic, puts, deletes)
 
     async def adelete(self, keys: Iterable[bytes]) -> None:
         await asyncio.to_thread(self.delete, keys)
