@@ -15,6 +15,7 @@ from .commands import dump, info, init, passwd, rekey, verify
 from .demo import demo
 from .load import export, load
 from .remote import container, lease
+from .replicas import poll, pull, push, restore
 
 __all__ = ["main"]
 
@@ -25,7 +26,23 @@ def cli() -> None:
     """persist: encrypted orthogonal persistence for Python."""
 
 
-for command in (init, info, verify, passwd, rekey, dump, demo, lease, container, load, export):
+for command in (
+    init,
+    info,
+    verify,
+    passwd,
+    rekey,
+    dump,
+    demo,
+    push,
+    pull,
+    poll,
+    restore,
+    lease,
+    container,
+    load,
+    export,
+):
     cli.add_command(command)
 
 

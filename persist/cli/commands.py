@@ -31,6 +31,7 @@ from ..errors import (
 )
 from ..kvs import display_location, open_store, parse_location
 from .jsonvalues import to_json
+from .replicas import is_target_location, verify_target
 from .secrets import Credentials, credential_options, new_passphrase, resolve
 
 __all__ = ["dump", "info", "init", "passwd", "rekey", "verify"]
@@ -222,18 +223,34 @@ only with the old passphrase); rollbacks of the whole store when no
 freshness record exists (trust on first use).
 
 \b
+LOCATION may be a replica TARGET (dir:///abs/path, or TARGET#name): its
+rows are checked the same way (docs/remote.md).
+
+\b
 Exit status: 0 intact, 1 problems found (all listed), 2 could not open
 (usage, wrong passphrase, missing store).
 """
 
 
+def _check_store_or_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A LOCATION, or a replica TARGET (``dir://...`` or ``TARGET#name``)."""
+    if is_target_location(value):
+        return value
+    return _check_location(ctx, param, value)
+
+
 @click.command(help=VERIFY_HELP)
-@location_argument
+@click.argument("location", callback=_check_store_or_target)
 @credential_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def verify(location: str, as_json: bool, **opts: Any) -> None:
     open_opts = _open_options(opts)
     issues: list[Issue]
+    if is_target_location(location):  # a replica: its container read as a store
+        show = not as_json and sys.stderr.isatty()
+        issues = verify_target(location, open_opts, lambda db: _verify_with_progress(db, show=show))
+        _report(display_location(location), issues, as_json)
+        sys.exit(1 if issues else 0)
     try:
         db = persist_db.open(location, create=False, read_only=True, **open_opts)
     except CANNOT_OPEN:

@@ -23,6 +23,7 @@ import click
 
 from .. import remote
 from ..errors import ContainerExists, IntegrityError, LeaseError
+from ..kvs import display_location
 from ..remote import LeaseRecord
 
 __all__ = ["container", "lease"]
@@ -30,6 +31,11 @@ __all__ = ["container", "lease"]
 HOLDER_ENV = "PERSIST_LEASE_HOLDER"
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+
+
+def _shown(location: str) -> str:
+    """A location fit to print: never its password."""
+    return display_location(location)
 
 
 def _emit(as_json: bool, text: str, report: dict[str, Any]) -> None:
@@ -43,7 +49,7 @@ def _refusals(location: str, as_json: bool) -> Iterator[None]:
     try:
         yield
     except (LeaseError, ContainerExists, IntegrityError) as exc:
-        report: dict[str, Any] = {"location": location, "refused": type(exc).__name__}
+        report: dict[str, Any] = {"location": _shown(location), "refused": type(exc).__name__}
         report["message"] = str(exc)
         record = getattr(exc, "record", None)
         if isinstance(record, LeaseRecord):
@@ -139,11 +145,11 @@ def acquire(
         left = got.remaining()
         _emit(
             as_json,
-            f"acquired the lease of {c.location} as {got.holder}, generation "
+            f"acquired the lease of {_shown(c.location)} as {got.holder}, generation "
             f"{got.generation}; valid for {left:.3f} s on this machine's clock "
-            f"(renew before then: persist lease renew {c.location} --holder {got.holder})",
+            f"(renew before then: persist lease renew {_shown(c.location)} --holder {got.holder})",
             {
-                "location": c.location,
+                "location": _shown(c.location),
                 "lease": got.record.describe(),
                 "valid_for_seconds": left,
                 "margin_seconds": got.margin,
@@ -180,8 +186,8 @@ def renew(
         record = remote.renew_lease(c, holder, generation=generation, lease_time=lease_time)
         _emit(
             as_json,
-            f"renewed the lease of {c.location}: {_describe(record)}",
-            {"location": c.location, "lease": record.describe()},
+            f"renewed the lease of {_shown(c.location)}: {_describe(record)}",
+            {"location": _shown(c.location), "lease": record.describe()},
         )
 
 
@@ -198,8 +204,8 @@ def release(target: str, holder: str | None, generation: int | None, as_json: bo
         record = remote.release_lease(c, holder, generation=generation)
         _emit(
             as_json,
-            f"released the lease of {c.location}",
-            {"location": c.location, "lease": record.describe()},
+            f"released the lease of {_shown(c.location)}",
+            {"location": _shown(c.location), "lease": record.describe()},
         )
 
 
@@ -212,8 +218,11 @@ def show(target: str, as_json: bool) -> None:
         record = remote.read_lease(c)
         _emit(
             as_json,
-            f"{c.location}: {_describe(record)}",
-            {"location": c.location, "lease": None if record is None else record.describe()},
+            f"{_shown(c.location)}: {_describe(record)}",
+            {
+                "location": _shown(c.location),
+                "lease": None if record is None else record.describe(),
+            },
         )
 
 
@@ -232,7 +241,7 @@ def create(target: str, as_json: bool) -> None:
     """Create the container TARGET#name (and the target); exit 1 if it holds a database."""
     with _refusals(target, as_json):
         remote.create_container(target)
-    _emit(as_json, f"created {target}", {"location": target, "created": True})
+    _emit(as_json, f"created {_shown(target)}", {"location": _shown(target), "created": True})
 
 
 @container.command("delete")
@@ -246,7 +255,7 @@ def delete(target: str, force: bool, as_json: bool) -> None:
     held, unless --force: the holder's next fenced write then fails."""
     with _refusals(target, as_json):
         remote.delete_container(target, force=force)
-    _emit(as_json, f"deleted {target}", {"location": target, "deleted": True})
+    _emit(as_json, f"deleted {_shown(target)}", {"location": _shown(target), "deleted": True})
 
 
 @container.command("copy")
@@ -270,8 +279,8 @@ def copy(source: str, dest: str, as_json: bool) -> None:
         click.echo(err=True)
     _emit(
         as_json,
-        f"copied {rows} rows from {source} to {dest}",
-        {"from": source, "to": dest, "rows": rows},
+        f"copied {rows} rows from {_shown(source)} to {_shown(dest)}",
+        {"from": _shown(source), "to": _shown(dest), "rows": rows},
     )
 
 
@@ -283,13 +292,14 @@ def list_(target: str, as_json: bool) -> None:
     with _refusals(target, as_json), remote.open_target(target, read_only=True) as t:
         names = t.list_containers()
         default_rows = t.container().holds_rows()
-    lines = [f"{t.location}#{name}" for name in names]
+    shown = _shown(t.location)
+    lines = [f"{shown}#{name}" for name in names]
     if default_rows:
-        lines.insert(0, f"{t.location} (the default container holds rows)")
+        lines.insert(0, f"{shown} (the default container holds rows)")
     _emit(
         as_json,
-        "\n".join(lines) if lines else f"{t.location}: no containers",
-        {"location": t.location, "containers": names, "default_holds_rows": default_rows},
+        "\n".join(lines) if lines else f"{shown}: no containers",
+        {"location": shown, "containers": names, "default_holds_rows": default_rows},
     )
 
 

@@ -13,6 +13,7 @@ as of its opening (call :meth:`Database.refresh` to see later commits).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -41,6 +42,7 @@ from ..mux import AtomicBlock, Metrics, Multiplexer, MuxConfig
 from .keys import decode_key, encode_key
 from .objects import OBJECTS, PERSISTENT_CLASSES, Access, ObjectSpace
 from .rekey import TreesRekeyer
+from .replication import ReplicaStatus, Replicator
 from .rootlog import LogLimits
 from .table import Table
 from .treestore import TreeWaveStore
@@ -72,6 +74,7 @@ def open(
     registry: RecordRegistry | None = None,
     root_log: LogLimits | None = None,
     replace: bool = False,
+    replicas: Iterable[str] = (),
 ) -> Database:
     """Open the database at ``location``, creating it if it is missing and ``create``.
 
@@ -86,6 +89,8 @@ def open(
     (default: the process-wide one that ``@persist.record`` fills).
     ``replace``: an empty store where the freshness record saw a database is
     a rollback (RollbackDetected); ``replace=True`` makes a new one there.
+    ``replicas``: target locations that committed waves are pushed to, off
+    the commit path (:mod:`persist.db.replication`).
     """
     if (passphrase is None) == (key is None):
         raise TypeError("give exactly one of passphrase= and key=")
@@ -136,7 +141,7 @@ def open(
                 "abandon it with `persist rekey --abort`; read_only=True opens the store "
                 "as it was before the rotation"
             )
-        return Database(
+        db = Database(
             ebs,
             read_only=read_only,
             config=config,
@@ -144,6 +149,11 @@ def open(
             root_log=root_log,
             registry=registry if registry is not None else records,
         )
+        targets = [replicas] if isinstance(replicas, str) else list(replicas)
+        if targets and db._mux is not None:
+            db._replicator = Replicator(ebs, targets)
+            db._mux.add_post_commit_hook(db._replicator.on_commit)
+        return db
     except BaseException:
         ebs.close()
         store.close()
@@ -275,6 +285,7 @@ class Database:
         )
         self._objects.codec = self._codec
         self._closed = False
+        self._replicator: Replicator | None = None
         _open_databases.add(self)
 
     # -- maps --------------------------------------------------------------------
@@ -320,17 +331,26 @@ class Database:
         """``with db.atomic():`` (or ``async with``): its writes land in one wave."""
         return self._writer().atomic()
 
-    def commit_wait(self) -> None:
-        """Return when every change made before the call is durable."""
+    def commit_wait(self, replicated: bool = False) -> None:
+        """Return when every change made before the call is durable; with
+        ``replicated``, also held by every replica given to :func:`open`."""
         if self._mux is not None:
             self._check_open()
             self._mux.commit_wait()
+            if replicated and self._replicator is not None:
+                self._replicator.wait(self._ebs.root.count)
 
-    async def acommit_wait(self) -> None:
-        """``commit_wait`` for asyncio."""
+    async def acommit_wait(self, replicated: bool = False) -> None:
+        """``commit_wait`` for asyncio (the replica wait runs in a worker thread)."""
         if self._mux is not None:
             self._check_open()
             await self._mux.acommit_wait()
+            if replicated and self._replicator is not None:
+                await asyncio.to_thread(self._replicator.wait, self._ebs.root.count)
+
+    def replication_status(self) -> list[ReplicaStatus]:
+        """Each replica's replicated and committed counts and its last error."""
+        return [] if self._replicator is None else self._replicator.status()
 
     def metrics(self) -> Metrics:
         return self._writer().metrics()
@@ -421,6 +441,8 @@ class Database:
         _open_databases.discard(self)
         closed = _Closed(self.location)
         self._access = self._objects.access = closed
+        if self._replicator is not None:
+            self._replicator.close()
         if self._mux is not None:
             self._mux.close()  # commits pending waves, then closes the trees
         else:

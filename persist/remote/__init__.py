@@ -14,7 +14,8 @@ Part 1, the half that does not depend on the tree format:
 Every blocking call ``f`` has an asyncio twin ``af`` that never blocks the
 event loop (``aacquire``, ``acopy_container``, ``Container.aget`` ...).
 
-Push, pull, poll, restore and continuous replication are part 2.
+Part 2 keeps replicas in step (:mod:`persist.remote.sync`): :func:`push`,
+:func:`poll`, :func:`pull`, :func:`restore` and their twins.
 """
 
 from .lease import (
@@ -48,6 +49,21 @@ from .locations import (
     open_target,
     split_location,
 )
+from .replicastore import ContainerStore
+from .sync import (
+    PollResult,
+    PullResult,
+    PushResult,
+    RestoreResult,
+    apoll,
+    apull,
+    apush,
+    arestore,
+    poll,
+    pull,
+    push,
+    restore,
+)
 from .target import (
     DEFAULT_CONTAINER,
     MAX_ROW_KEY_SIZE,
@@ -64,9 +80,14 @@ __all__ = [
     "MAX_ROW_KEY_SIZE",
     "MAX_ROW_SIZE",
     "Container",
+    "ContainerStore",
     "Contender",
     "Lease",
     "LeaseRecord",
+    "PollResult",
+    "PullResult",
+    "PushResult",
+    "RestoreResult",
     "Target",
     "aacquire",
     "acopy_container",
@@ -76,9 +97,13 @@ __all__ = [
     "alist_containers",
     "aopen_container",
     "aopen_target",
+    "apoll",
+    "apull",
+    "apush",
     "aread_lease",
     "arelease_lease",
     "arenew_lease",
+    "arestore",
     "check_container_name",
     "copy_container",
     "create_container",
@@ -87,8 +112,12 @@ __all__ = [
     "list_containers",
     "open_container",
     "open_target",
+    "poll",
+    "pull",
+    "push",
     "read_lease",
     "release_lease",
     "renew_lease",
+    "restore",
     "split_location",
 ]

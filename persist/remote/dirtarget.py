@@ -442,6 +442,24 @@ class DirContainer(Container):
             cdir.delete_rows(moved)
             return True
 
+    def _write_atomic(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
+        with self._open(write=True) as cdir:
+            assert cdir is not None
+            moved: list[bytes] = []
+
+            def change(st: DirState) -> tuple[bytes | None, dict[bytes, bytes | None]]:
+                moved.clear()
+                rows: dict[bytes, bytes | None] = dict(st.rows)
+                for key in (*puts, *deletes):
+                    if key not in st.rows and cdir.row_exists(key):
+                        moved.append(key)
+                rows.update(puts)
+                rows.update((k, None) for k in deletes if k in st.rows or k in moved)
+                return st.lease, rows
+
+            cdir.transition(change)
+            cdir.delete_rows(moved)
+
     def _exists(self) -> bool:
         if not self.name:
             self.target._check_open()

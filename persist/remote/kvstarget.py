@@ -44,7 +44,7 @@ from ..errors import (
     StoreError,
     StoreLocked,
 )
-from ..kvs import open_store, parse_location
+from ..kvs import display_location, open_store, parse_location
 from ..kvs.base import Store
 from .leaserecord import lease_is_held
 from .namespace import (
@@ -153,7 +153,9 @@ class KvsTarget(Target):
         with self.sequence_lock, self.session(write=True) as store:
             view = self._container(name).view(store)
             if _any_row(view):
-                raise ContainerExists(f"container {self._container(name).location} holds rows")
+                raise ContainerExists(
+                    f"container {display_location(self._container(name).location)} holds rows"
+                )
             if name:
                 store.compare_and_set(container_marker_key(name), None, MARKER_VALUE)
 
@@ -164,7 +166,9 @@ class KvsTarget(Target):
                 raise container._missing()
             stored = store.get(lease_key(name))
             if not force and lease_is_held(stored):
-                raise LeaseHeld(f"the lease of {container.location} is held", stored)
+                raise LeaseHeld(
+                    f"the lease of {display_location(container.location)} is held", stored
+                )
             # The marker and the lease go first: the container stops being
             # listed, and its lease holder is fenced out, before any row goes.
             meta = [lease_key(name)]
@@ -229,6 +233,11 @@ class KvsContainer(Container):
             if self.name and store.get(container_marker_key(self.name)) is None:
                 raise self._missing()
             yield store
+
+    def _session(self) -> contextlib.AbstractContextManager[object]:
+        if self.target.read_only:
+            return contextlib.nullcontext()
+        return self.target.session(write=True)
 
     def _get(self, key: bytes) -> bytes | None:
         with self.target.session(write=False) as store:
@@ -312,10 +321,10 @@ class _KvsSink(CopySink):
 
 def _check_copy_destination(container: KvsContainer, store: Store) -> None:
     if _any_row(container.view(store)):
-        raise ContainerExists(f"container {container.location} holds rows")
+        raise ContainerExists(f"container {display_location(container.location)} holds rows")
     stored = store.get(lease_key(container.name))
     if lease_is_held(stored):
-        raise LeaseHeld(f"the lease of {container.location} is held", stored)
+        raise LeaseHeld(f"the lease of {display_location(container.location)} is held", stored)
 
 
 def _rows(view: Store, start: bytes = b"", stop: bytes | None = None) -> Rows:

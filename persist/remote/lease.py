@@ -55,6 +55,7 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 from ..errors import LeaseHeld, LeaseLost
+from ..kvs import display_location
 from .leaserecord import MAX_LEASE_MS, NONCE_SIZE, LeaseRecord, check_holder
 from .target import Container, Puts
 
@@ -174,6 +175,10 @@ class Lease:
         self._released = False
 
     @property
+    def _shown(self) -> str:
+        return display_location(self.container.location)  # no password in a message
+
+    @property
     def holder(self) -> str:
         return self.record.holder
 
@@ -208,7 +213,7 @@ class Lease:
                     self.valid_until = sent + self.lease_time - self.margin
                     return
                 self._adopt_or_lose("renew")
-            raise LeaseLost(f"the lease of {self.container.location} keeps changing")
+            raise LeaseLost(f"the lease of {self._shown} keeps changing")
 
     def fenced_write(self, puts: Puts = (), deletes: Iterable[bytes] = ()) -> None:
         """Apply a batch (a push's root switch) only while this lease is current.
@@ -220,7 +225,7 @@ class Lease:
             self._check_ours()
             if self._clock() >= self.valid_until:
                 raise LeaseLost(
-                    f"the lease of {self.container.location} is past its deadline on this "
+                    f"the lease of {self._shown} is past its deadline on this "
                     "holder's clock (renew it first); nothing was written"
                 )
             if self._fence_hook is not None:
@@ -229,7 +234,7 @@ class Lease:
                 if self.container.write_if_lease(self._stored, puts, deletes):
                     return
                 self._adopt_or_lose("write")
-            raise LeaseLost(f"the lease of {self.container.location} keeps changing")
+            raise LeaseLost(f"the lease of {self._shown} keeps changing")
 
     def release(self) -> None:
         """Step down, then mark the record released.  Idempotent.
@@ -241,7 +246,7 @@ class Lease:
             self._released = True
             self.valid_until = -math.inf  # step down before anything is sent
             if self._lost:
-                raise LeaseLost(f"the lease of {self.container.location} was already lost")
+                raise LeaseLost(f"the lease of {self._shown} was already lost")
             for _ in range(_RETRIES):
                 new = self.record.released(_wall_ms(self._wall))
                 data = new.encode()
@@ -250,13 +255,13 @@ class Lease:
                     return
                 if self._adopt_or_lose("release", released_ok=True):
                     return  # released on its behalf (persist lease release)
-            raise LeaseLost(f"the lease of {self.container.location} keeps changing")
+            raise LeaseLost(f"the lease of {self._shown} keeps changing")
 
     def _check_ours(self) -> None:
         if self._released:
-            raise LeaseLost(f"the lease of {self.container.location} was released")
+            raise LeaseLost(f"the lease of {self._shown} was released")
         if self._lost:
-            raise LeaseLost(f"the lease of {self.container.location} was lost")
+            raise LeaseLost(f"the lease of {self._shown} was lost")
 
     def _adopt_or_lose(self, what: str, *, released_ok: bool = False) -> bool:
         """After a failed swap: adopt the record if it changed within this
@@ -277,7 +282,7 @@ class Lease:
         self.valid_until = -math.inf
         who = "nobody" if current is None else current.holder
         raise LeaseLost(
-            f"could not {what}: the lease of {self.container.location} is no longer "
+            f"could not {what}: the lease of {self._shown} is no longer "
             f"{self.holder}'s (now: {who}); nothing was written"
         )
 
@@ -338,6 +343,10 @@ class _Acquisition:
         self.contender = Contender(lease_time)
         self.deadline = clock() + timeout
 
+    @property
+    def _shown(self) -> str:
+        return display_location(self.container.location)
+
     def step(self) -> Lease | float:
         """Look once: the Lease when acquired, else how long to sleep before the next look."""
         stored = self.container.read_lease()
@@ -365,7 +374,7 @@ class _Acquisition:
         if now >= self.deadline:
             assert record is not None
             raise LeaseHeld(
-                f"the lease of {self.container.location} is held by {record.holder} "
+                f"the lease of {self._shown} is held by {record.holder} "
                 f"(generation {record.generation})",
                 record,
             )
@@ -504,7 +513,7 @@ def renew_lease(
         new = record.renewed(lease_ms or record.lease_ms, _wall_ms(wall))
         if container.swap_lease(stored, new.encode()):
             return new
-    raise LeaseLost(f"the lease of {container.location} keeps changing")
+    raise LeaseLost(f"the lease of {display_location(container.location)} keeps changing")
 
 
 def release_lease(
@@ -527,7 +536,7 @@ def release_lease(
         new = record.released(_wall_ms(wall))
         if container.swap_lease(stored, new.encode()):
             return new
-    raise LeaseLost(f"the lease of {container.location} keeps changing")
+    raise LeaseLost(f"the lease of {display_location(container.location)} keeps changing")
 
 
 async def aread_lease(container: Container) -> LeaseRecord | None:

@@ -286,6 +286,29 @@ class Container(abc.ABC):
             raise ValueError(f"a conditional batch is at most {MAX_CONDITIONAL_SIZE} bytes")
         return self._write_if_lease(expected, checked, dels)
 
+    def write_atomic(self, puts: Puts = (), deletes: Iterable[bytes] = ()) -> None:
+        """Apply a small batch (a push's root switch) as one atomic step, durably.
+
+        On kvs targets every batch is atomic; on dir targets this one goes
+        through the state log like :meth:`write_if_lease`, without its lease
+        check.  At most :data:`MAX_CONDITIONAL_SIZE` bytes of rows.
+        """
+        self._check_writable()
+        checked, dels = normalize_rows(puts, deletes)
+        size = sum(len(k) + len(v) for k, v in checked.items()) + sum(len(k) for k in dels)
+        if size > MAX_CONDITIONAL_SIZE:
+            raise ValueError(f"an atomic batch is at most {MAX_CONDITIONAL_SIZE} bytes")
+        if checked or dels:
+            self._write_atomic(checked, dels)
+
+    def _write_atomic(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
+        self._write(puts, deletes)  # atomic on kvs targets (contract rule 2)
+
+    def _session(self) -> contextlib.AbstractContextManager[object]:
+        """Keep what the target needs open for a sequence of operations (a push):
+        a kvs target then opens its store once, not once per call."""
+        return contextlib.nullcontext()
+
     def exists(self) -> bool:
         """Whether the container exists (the default container does while its target does)."""
         self._check_open()
@@ -349,6 +372,9 @@ class Container(abc.ABC):
 
     async def awrite(self, puts: Puts = (), deletes: Iterable[bytes] = ()) -> None:
         await asyncio.to_thread(self.write, puts, deletes)
+
+    async def awrite_atomic(self, puts: Puts = (), deletes: Iterable[bytes] = ()) -> None:
+        await asyncio.to_thread(self.write_atomic, puts, deletes)
 
     async def adelete(self, keys: Iterable[bytes]) -> None:
         await asyncio.to_thread(self.delete, keys)

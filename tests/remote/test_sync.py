@@ -1,0 +1,424 @@
+"""Push, poll, pull and restore (issue 15 part 2; docs/remote.md "Push" ...)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import persist
+from persist.db import rootlog, treestore
+from persist.db.rootlog import LogLimits
+from persist.db.verify import Issue, verify_database
+from persist.ebs import EncryptedStore, KdfParams
+from persist.errors import (
+    ForkDetected,
+    IntegrityError,
+    LeaseHeld,
+    LeaseLost,
+    RollbackDetected,
+    StoreExists,
+    WrongDatabase,
+)
+from persist.remote import (
+    ContainerStore,
+    acquire,
+    open_container,
+    poll,
+    pull,
+    push,
+    reach,
+    restore,
+)
+from persist.remote.sync import INTENT_KEY
+
+from .conftest import target_location_for
+
+PW = "pw"
+WEAK: dict[str, Any] = {"allow_weak_kdf": True}
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERSIST_STATE_DIR", str(tmp_path / "state"))
+
+
+def source_location(kind: str, tmp_path: Path, name: str = "src") -> str:
+    if kind == "sqlite":
+        return str(tmp_path / f"{name}.db")
+    return f"leveldb://{tmp_path / name}.ldb"
+
+
+def new_db(location: str, **kw: Any) -> persist.Database:
+    return persist.open(location, PW, kdf=KdfParams.weak_for_tests(), allow_weak_kdf=True, **kw)
+
+
+def fill(db: persist.Database, n: int, start: int = 0, tag: str = "v") -> None:
+    t = db.table("t")
+    with db.atomic():
+        for i in range(start, start + n):
+            t[i] = f"{tag} {i}"
+    db.root["blob"] = b"B" * 200_000  # a chunked blob
+    db.root["meta"] = {"n": n, "tag": tag}
+    db.commit_wait()
+
+
+def contents(location: str) -> dict[str, Any]:
+    with persist.open(location, PW, read_only=True, **WEAK) as db:
+        out = {f"{name}:{k!r}": v for name in db.tables() for k, v in db.table(name).items()}
+        out.update({f"root:{k!r}": v for k, v in db.root.items()})
+        return out
+
+
+@contextlib.contextmanager
+def replica_store(target: str) -> Iterator[EncryptedStore]:
+    container = open_container(target, read_only=True)
+    with ContainerStore(container, owns=True) as store:
+        ebs = EncryptedStore.open(store, PW, allow_weak_kdf=True, freshness=False)
+        try:
+            yield ebs
+        finally:
+            ebs.close()
+
+
+def replica_issues(target: str) -> tuple[int, list[Issue]]:
+    with replica_store(target) as ebs, ebs.pin() as snap:
+        return ebs.root.count, verify_database(ebs, snap)
+
+
+def replica_keys(target: str) -> set[bytes]:
+    with (
+        contextlib.closing(open_container(target, read_only=True)) as c,
+        contextlib.closing(c.scan()) as rows,
+    ):
+        return {k for k, _ in rows}
+
+
+def test_the_catalog_names_agree_with_the_db_layer() -> None:
+    assert reach.TABLE_PREFIX == treestore.TABLE_PREFIX
+    assert reach.COUNT_TABLE_PREFIX == treestore.COUNT_TABLE_PREFIX
+    assert reach.LOG_DESCRIPTOR == rootlog.LOG_DESCRIPTOR
+    assert reach._SEGMENT_KEY.pack(7, 3) == rootlog.segment_key(7, 3)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "leveldb"])
+@pytest.mark.parametrize("tkind", ["dir", "sqlite", "leveldb"])
+def test_round_trip(kind: str, tkind: str, tmp_path: Path) -> None:
+    src = source_location(kind, tmp_path)
+    target = target_location_for(tkind, tmp_path) + "#rep"
+    # the first wave goes to the trees, the later ones to the root log, then a fold
+    with new_db(src, root_log=LogLimits(max_entries=1000)) as db:
+        fill(db, 3000)
+        first = push(db, target)
+        assert first.previous is None and first.written > 100
+        fill(db, 500, start=2800, tag="w")
+        db.table("t").pop(5)
+        second = push(db, target)
+        assert second.previous == first.count and second.count > first.count
+        assert 0 < second.written < first.written
+        fill(db, 800, start=100, tag="fold")
+        third = push(db, target)
+        assert third.deleted > 0
+    count, issues = replica_issues(target)
+    assert issues == [] and count == third.count
+    back = str(tmp_path / "back.db")
+    restored = restore(target, back, passphrase=PW, **WEAK)
+    assert restored.count == third.count
+    assert contents(back) == contents(src)
+    with persist.open(back, PW, read_only=True, **WEAK) as db:
+        assert db.verify() == []
+    # the restored store is a store like any other: it takes commits
+    with persist.open(back, PW, **WEAK) as db:
+        db.root["after"] = 1
+
+
+def test_incremental_push_writes_a_handful_of_rows(tmp_path: Path) -> None:
+    """One changed key in a 20,000-key table: O(depth) rows (docs/remote.md figures)."""
+    target = target_location_for("dir", tmp_path)
+    with new_db(str(tmp_path / "s.db"), root_log=LogLimits(0, 0, 0)) as db:
+        t = db.table("t")
+        with db.atomic():
+            for i in range(20_000):
+                t[i] = f"value {i:08d}"
+        db.commit_wait()
+        push(db, target)
+        before = replica_keys(target)
+        t[12_345] = "changed"
+        db.commit_wait()
+        result = push(db, target)
+        after = replica_keys(target)
+        new_rows = after - before
+        # the leaf, the internal nodes above it (20,000 keys: 3 levels), one root slot
+        assert len(new_rows) == result.written - 1  # the root slot's key was there already
+        assert result.written <= 6, result
+        assert result.deleted == len(before - after) <= 5
+        # with the root log on (the default), the change is one segment and a root
+    with new_db(str(tmp_path / "l.db")) as db:
+        t = db.table("t")
+        with db.atomic():
+            for i in range(20_000):
+                t[i] = f"value {i:08d}"
+        db.commit_wait()
+        push(db, target + "#log")
+        t[12_345] = "changed"
+        db.commit_wait()
+        assert push(db, target + "#log").written <= 3
+
+
+def test_push_again_is_a_no_op_and_poll_reads_only_the_roots(tmp_path: Path) -> None:
+    target = target_location_for("dir", tmp_path)
+    with new_db(str(tmp_path / "s.db")) as db:
+        fill(db, 100)
+        push(db, target)
+        assert push(db, target).up_to_date
+        seen = poll(db, target)
+        assert (seen.local, seen.replica, seen.newer) == (seen.replica, seen.local, False)
+        db.root["x"] = 1
+        db.commit_wait()
+        behind = poll(db, target)
+        assert behind.replica is not None and behind.replica < behind.local
+        assert not behind.newer
+
+
+def test_push_from_a_closed_location_and_pull_follows(tmp_path: Path) -> None:
+    src, mirror = str(tmp_path / "s.db"), str(tmp_path / "m.db")
+    target = target_location_for("sqlite", tmp_path)
+    with new_db(src) as db:
+        fill(db, 1000)
+    push(src, target, passphrase=PW, **WEAK)
+    restore(target, mirror, passphrase=PW, **WEAK)
+    with persist.open(src, PW, **WEAK) as db:
+        fill(db, 300, start=900, tag="second")
+        db.table("t").pop(3)
+    push(src, target, passphrase=PW, **WEAK)
+    assert poll(mirror, target, passphrase=PW, **WEAK).newer
+    pulled = pull(mirror, target, passphrase=PW, **WEAK)
+    assert pulled.count > pulled.previous and pulled.written > 0 and pulled.deleted > 0
+    assert contents(mirror) == contents(src)
+    with persist.open(mirror, PW, read_only=True, **WEAK) as db:
+        assert db.verify() == []
+    assert pull(mirror, target, passphrase=PW, **WEAK).up_to_date
+
+
+def test_pull_refuses_an_older_or_forked_replica(tmp_path: Path) -> None:
+    src, mirror = str(tmp_path / "s.db"), str(tmp_path / "m.db")
+    target = target_location_for("dir", tmp_path)
+    with new_db(src) as db:
+        fill(db, 200)
+        push(db, target)
+    restore(target, mirror, passphrase=PW, **WEAK)
+    with persist.open(mirror, PW, **WEAK) as db:  # the mirror moves on by itself
+        db.root["local"] = 1
+    with pytest.raises(RollbackDetected):
+        pull(mirror, target, passphrase=PW, **WEAK)
+    with persist.open(src, PW, **WEAK) as db:  # and the source, differently
+        db.root["remote"] = 2
+    push(src, target, passphrase=PW, **WEAK)
+    with pytest.raises(ForkDetected):
+        pull(mirror, target, passphrase=PW, **WEAK)
+    with pytest.raises(ForkDetected):
+        push(mirror, target, passphrase=PW, **WEAK)  # the replica holds another transaction
+
+
+def test_restore_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
+    src, other = str(tmp_path / "s.db"), str(tmp_path / "o.db")
+    target = target_location_for("dir", tmp_path)
+    with new_db(src) as db:
+        fill(db, 50)
+        push(db, target)
+    with new_db(other) as db:
+        db.root["other"] = 1
+    with pytest.raises(StoreExists):
+        restore(target, other, passphrase=PW, **WEAK)
+    assert contents(other) == {"root:'other'": 1}
+    restore(target, other, passphrase=PW, overwrite=True, **WEAK)
+    assert contents(other) == contents(src)
+    with persist.open(other, PW, read_only=True, **WEAK) as db:
+        assert db.verify() == []
+
+
+def test_a_replica_of_another_database_is_refused(tmp_path: Path) -> None:
+    target = target_location_for("dir", tmp_path)
+    with new_db(str(tmp_path / "a.db")) as db:
+        db.root["a"] = 1
+        push(db, target)
+    with new_db(str(tmp_path / "b.db")) as db:
+        db.root["b"] = 1
+        with pytest.raises(WrongDatabase):
+            push(db, target)
+        push(db, target, replace=True)
+    assert replica_issues(target)[1] == []
+
+
+def test_live_push_pins_one_committed_state(tmp_path: Path) -> None:
+    """Writers keep committing during the push; the replica holds one committed state."""
+    target = target_location_for("dir", tmp_path)
+    stop = threading.Event()
+    with new_db(str(tmp_path / "s.db")) as db:
+        fill(db, 2000)
+        t = db.table("t")
+
+        def writer() -> None:
+            i = 0
+            while not stop.is_set():
+                with db.atomic():
+                    t[i % 2000] = f"live {i}"
+                    db.root["last"] = i
+                i += 1
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            results = [push(db, target) for _ in range(3)]
+        finally:
+            stop.set()
+            thread.join()
+        assert len({r.count for r in results}) == 3  # the writer committed meanwhile
+    count, issues = replica_issues(target)
+    assert issues == [] and count == results[-1].count
+
+
+def test_a_lease_fences_the_root_switch(tmp_path: Path) -> None:
+    target = target_location_for("dir", tmp_path)
+    with new_db(str(tmp_path / "s.db")) as db:
+        fill(db, 50)
+        container = open_container(target, create=True)
+        lease = acquire(container, lease_time=30)
+        with pytest.raises(LeaseHeld):
+            push(db, target)  # someone holds it: no push without it
+        push(db, container, lease=lease)
+        db.root["next"] = 1
+        db.commit_wait()
+        lease.release()
+        with pytest.raises(LeaseLost):
+            push(db, container, lease=lease)
+        container.close()
+        count, _ = replica_issues(target)
+        assert count == db._ebs.root.count - 1  # the second push published nothing
+
+
+# -- a tampered replica -----------------------------------------------------------
+
+
+def _node_row(target: str) -> bytes:
+    """The storage key of a row the root reaches (not a root slot or keyslot)."""
+    with replica_store(target) as ebs, ebs.pin() as snap:
+        rows = reach.reachable(ebs, snap.get, ebs.root).puts
+        return sorted(rows)[len(rows) // 2]
+
+
+@pytest.fixture
+def pushed(tmp_path: Path) -> tuple[str, str]:
+    src = str(tmp_path / "s.db")
+    target = target_location_for("dir", tmp_path)
+    with new_db(src) as db:
+        fill(db, 1000)
+        push(db, target)
+    return src, target
+
+
+def _flip(target: str, key: bytes) -> None:
+    with contextlib.closing(open_container(target)) as c:
+        value = bytearray(c.get(key) or b"")
+        value[len(value) // 2] ^= 0x01
+        c.write({key: bytes(value)})
+
+
+def _delete(target: str, key: bytes) -> None:
+    with contextlib.closing(open_container(target)) as c:
+        c.delete([key])
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete"])
+def test_a_damaged_replica_is_refused(damage: str, pushed: tuple[str, str], tmp_path: Path) -> None:
+    src, target = pushed
+    mirror = str(tmp_path / "m.db")
+    restore(target, mirror, passphrase=PW, **WEAK)
+    with persist.open(src, PW, **WEAK) as db:
+        fill(db, 2000, tag="x")
+        push(db, target)
+    key = _node_row(target)
+    (_flip if damage == "flip" else _delete)(target, key)
+    _, issues = replica_issues(target)
+    assert any(key.hex() in i.storage_key or key.hex() in i.description for i in issues), issues
+    with pytest.raises(IntegrityError):
+        restore(target, str(tmp_path / "r.db"), passphrase=PW, **WEAK)
+    assert not os.path.exists(tmp_path / "r.db") or not _opens(str(tmp_path / "r.db"))
+    before = contents(mirror)
+    with pytest.raises(IntegrityError):
+        pull(mirror, target, passphrase=PW, **WEAK)
+    assert contents(mirror) == before  # nothing was written
+    # a sweeping push repairs it (a plain push trusts the rows the diff skips)
+    with persist.open(src, PW, **WEAK) as db:
+        db.root["repair"] = 1
+        assert push(db, target, sweep=True).swept
+    assert replica_issues(target)[1] == []
+
+
+def _opens(location: str) -> bool:
+    try:
+        with persist.open(location, PW, read_only=True, **WEAK, freshness=False):
+            return True
+    except Exception:
+        return False
+
+
+def test_an_old_root_replayed_is_refused(pushed: tuple[str, str], tmp_path: Path) -> None:
+    src, target = pushed
+    ring_slots = {}
+    with replica_store(target) as ebs:
+        ring = ebs.keyring
+        slots = [ring.root_slot_key(0), ring.root_slot_key(1)]
+    with contextlib.closing(open_container(target)) as c:
+        ring_slots = {k: c.get(k) for k in slots}
+    with persist.open(src, PW, **WEAK) as db:
+        for i in range(3):
+            db.root["more"] = i
+            db.commit_wait()
+            push(db, target)
+    mirror = str(tmp_path / "m.db")
+    restore(target, mirror, passphrase=PW, **WEAK)
+    with contextlib.closing(open_container(target)) as c:  # the host puts the old roots back
+        c.write_atomic({k: v for k, v in ring_slots.items() if v is not None})
+    with pytest.raises(RollbackDetected):
+        pull(mirror, target, passphrase=PW, **WEAK)
+    with pytest.raises(RollbackDetected):  # this machine's record of the replica
+        restore(target, str(tmp_path / "r.db"), passphrase=PW, **WEAK)
+    # a machine without a record still finds the rows of the old root gone
+    with pytest.raises(IntegrityError):
+        restore(target, str(tmp_path / "r2.db"), passphrase=PW, freshness=False, **WEAK)
+    _, issues = replica_issues(target)
+    assert issues
+
+
+def test_an_interrupted_push_is_completed_by_the_next(
+    pushed: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process half of the kill test: a push that stops after its writes,
+    or after its root switch, leaves a replica the next push makes exact."""
+    src, target = pushed
+    from persist.remote import sync
+
+    for stop_at in ("write_atomic", "delete"):
+        with persist.open(src, PW, **WEAK) as db:
+            fill(db, 500, tag=stop_at)
+            real = getattr(sync.Container, stop_at)
+
+            def boom(self: Any, *a: Any, _real: Any = real, **k: Any) -> Any:
+                raise KeyboardInterrupt
+
+            monkeypatch.setattr(sync.Container, stop_at, boom)
+            with pytest.raises(KeyboardInterrupt):
+                push(db, target)
+            monkeypatch.setattr(sync.Container, stop_at, real)
+            assert INTENT_KEY in replica_keys(target)
+            _, issues = replica_issues(target)
+            assert {i.kind for i in issues} <= {"orphan"} and issues
+            assert push(db, target).swept
+        _, issues = replica_issues(target)
+        assert issues == [] and INTENT_KEY not in replica_keys(target)
