@@ -7,7 +7,8 @@ the two root slots reachable from the root, through the catalog:
 * ``count:NAME`` -- the root of its count tree, whose keys are the ids of
   every blob of the table (and of every object referenced more than once);
 * ``log`` -- the root log: ``u8 version, u64 generation, u32 segments,
-  32-byte chain``; segment ``i`` is the row of table ``log`` whose logical
+  32-byte chain``, then (version 2) the log's tail, segments that ride in
+  the root itself; segment ``i`` is the row of table ``log`` whose logical
   key is ``u64 generation || u32 i``.
 
 The names are the db layer's (``persist/db/treestore.py``,
@@ -63,7 +64,8 @@ COUNT_TABLE_PREFIX = "count:"
 LOG_DESCRIPTOR = "log"
 _NODE_ID_SIZE = 32
 _LOG_META = struct.Struct(">BQI32s")
-_LOG_VERSION = 1
+#: 1: header only; 2: header and the tail (docs/format.md, "Root log")
+_LOG_VERSIONS = (1, 2)
 _SEGMENT_KEY = struct.Struct(">QI")
 _CHAIN_PERSON = b"persist-log-v1"
 
@@ -100,11 +102,15 @@ def _log_segments(root: RootRecord | None) -> tuple[int, int, bytes]:
     if not meta:
         return 0, 0, bytes(32)
     try:
-        version, generation, segments, chain = _LOG_META.unpack(meta)
+        version, generation, segments, chain = _LOG_META.unpack_from(meta)
     except struct.error:
         raise IntegrityError("the root log's catalog entry is malformed") from None
-    if version != _LOG_VERSION:
+    if version not in _LOG_VERSIONS:
         raise IntegrityError("the root log has an unknown version")
+    # Version 1 is the header alone; version 2 carries the log's tail after it
+    # (segments that ride in the root: authenticated with it, no rows to copy).
+    if (len(meta) == _LOG_META.size) != (version == 1):
+        raise IntegrityError("the root log's catalog entry is malformed")
     return generation, segments, chain
 
 

@@ -104,6 +104,31 @@ def test_the_catalog_names_agree_with_the_db_layer() -> None:
     assert reach.COUNT_TABLE_PREFIX == treestore.COUNT_TABLE_PREFIX
     assert reach.LOG_DESCRIPTOR == rootlog.LOG_DESCRIPTOR
     assert reach._SEGMENT_KEY.pack(7, 3) == rootlog.segment_key(7, 3)
+    assert reach._LOG_META.format == rootlog._META.format
+    assert reach._LOG_VERSIONS == (rootlog._VERSION, rootlog._TAIL_VERSION)
+
+
+def test_the_log_catalog_entry_is_read_with_and_without_a_tail() -> None:
+    """A root whose log tail rides in it (version 2) names the same segment rows;
+    a version 1 entry with trailing bytes or a version 2 entry without a tail is
+    malformed, an unknown version is refused."""
+
+    class Root:
+        def __init__(self, meta: bytes) -> None:
+            self.catalog = {"log": meta}
+
+    header = reach._LOG_META.pack(1, 4, 2, b"c" * 32)
+    assert reach._log_segments(Root(header)) == (4, 2, b"c" * 32)  # type: ignore[arg-type]
+    tail = reach._LOG_META.pack(2, 4, 2, b"c" * 32) + b"\0\0\0\3abc"
+    assert reach._log_segments(Root(tail)) == (4, 2, b"c" * 32)  # type: ignore[arg-type]
+    for bad in (
+        header + b"x",
+        reach._LOG_META.pack(2, 4, 2, b"c" * 32),
+        header[:-1],
+        reach._LOG_META.pack(3, 4, 2, b"c" * 32),
+    ):
+        with pytest.raises(IntegrityError):
+            reach._log_segments(Root(bad))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "leveldb"])
