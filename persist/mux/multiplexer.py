@@ -342,7 +342,11 @@ class Multiplexer:
 
     def _exit_block(self, token: contextvars.Token[_Block | None] | None) -> None:
         blk = _current_block.get()
-        assert blk is not None and blk.mux is self
+        if blk is None or blk.mux is not self:
+            # Left in another thread or task than the one that entered it (its
+            # context does not hold the block): refused, nothing changes, the
+            # block stays open for its owner to leave.
+            raise RuntimeError("an atomic block must be left by the thread or task that entered it")
         if token is None:  # a nested block
             blk.depth -= 1
             return

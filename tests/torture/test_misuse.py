@@ -429,14 +429,6 @@ def test_interrupted_prompt(store: str, tmp_path: Path) -> None:
         assert dict(again.table("t").items()) == CONTENTS and again.verify() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="persist/mux/multiplexer.py _exit_block asserts (a bare AssertionError, gone "
-    "under python -O) when an atomic block is left in another thread than the one that "
-    "entered it; it should raise RuntimeError like the other misuses of blocks (not fixed "
-    "here: persist/mux is being changed by another engineer)",
-)
 def test_an_atomic_block_left_in_another_thread(store: str, tmp_path: Path) -> None:
     db = _open(store)
     try:
