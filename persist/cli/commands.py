@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hmac
 import json
 import os
 import sys
@@ -438,7 +439,19 @@ def rekey(
             rotation.abort_rekey(ebs)
             click.echo("abandoned the interrupted rotation; the old keys still open the store")
             return
-        if ebs.rekey_phase is not None:
+        if ebs.rekey_phase == "cleanup":
+            # The interrupted rotation had switched keys already: the credential
+            # this command opened the store with is its new one.  Finishing the
+            # cleanup applies no other credential, so a new one asked for here
+            # (a different --new-passphrase-file) takes a rotation of its own.
+            rotation.resume_rekey(ebs, TreesRekeyer())
+            click.echo(
+                "finished the cleanup of an interrupted rotation (its keys had switched "
+                "already): the passphrase or key this command opened the store with opens it"
+            )
+            if _same_credential(new, open_opts):
+                return
+        elif ebs.rekey_phase is not None:
             try:
                 rotation.resume_rekey(ebs, TreesRekeyer(), new["passphrase"], key=new["key"])
             except WrongPassphrase:
@@ -474,6 +487,14 @@ def _upgrade_first(location: str, open_opts: dict[str, Any]) -> None:
         ebs.close()
     if not current:
         persist_db.open(location, create=False, **open_opts).close()
+
+
+def _same_credential(new: dict[str, Any], open_opts: dict[str, Any]) -> bool:
+    """Whether the new credential is the one the store was opened with."""
+    if new["key"] is not None or open_opts["key"] is not None:
+        return new["key"] is open_opts["key"]
+    a, b = new["passphrase"], open_opts["passphrase"]
+    return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
 
 
 def _new_or_current(new_file: str | None, open_opts: dict[str, Any]) -> dict[str, Any]:

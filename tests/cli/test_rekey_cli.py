@@ -87,3 +87,60 @@ def test_a_password_in_a_location_is_never_printed() -> None:
     shown = display_location(uri)
     assert "s3cr3t" not in shown and shown.startswith("postgresql://alice:***@db.example/")
     assert display_location("/plain/path.db") == "/plain/path.db"
+
+
+def _rotation_interrupted_after_the_switch(tmp_path: Path) -> str:
+    """A store whose rotation to "new" switched keys and was cut in its cleanup."""
+    for n in range(2, 200):
+        location = str(tmp_path / f"c{n}.db")
+        with persist.open(location, "old", kdf=WEAK, allow_weak_kdf=True, freshness=False) as db:
+            db.table("t").update({i: b"v%d" % i for i in range(50)})
+        inner = open_store(location)
+        faulty = FaultyStore(inner)
+        ebs = EncryptedStore.open(faulty, "old", allow_weak_kdf=True, freshness=False)
+        faulty.fail_write_number(faulty.writes + n)
+        try:
+            rotation.rekey(ebs, "new", kdf=WEAK, allow_weak_kdf=True, rekeyer=TreesRekeyer())
+        except InjectedFault:
+            pass
+        inner.close()
+        with open_store(location, read_only=True) as kvs:
+            try:
+                probe = EncryptedStore.open(kvs, "new", allow_weak_kdf=True, freshness=False)
+            except persist.WrongPassphrase:
+                continue
+            phase = probe.rekey_phase
+            probe.close()
+        if phase == "cleanup":
+            (tmp_path / "new").write_text("new\n")
+            (tmp_path / "other").write_text("other\n")
+            return location
+    raise AssertionError("no write number cut the rotation in its cleanup")
+
+
+@pytest.mark.parametrize("asked", ["new", "other"])
+def test_a_rotation_cut_in_its_cleanup_is_finished_and_the_asked_passphrase_applies(
+    asked: str, tmp_path: Path
+) -> None:
+    """The cleanup needs no credential; a different new passphrase asked for then takes
+    a rotation of its own instead of being silently ignored."""
+    location = _rotation_interrupted_after_the_switch(tmp_path)
+    done = _run(
+        "rekey",
+        location,
+        "--passphrase-file",
+        str(tmp_path / "new"),
+        "--new-passphrase-file",
+        str(tmp_path / asked),
+        "--allow-weak-kdf",
+        "--no-freshness",
+        "--weak-kdf-for-tests",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cleanup" in done.stdout
+    assert ("every row is now encrypted" in done.stdout) == (asked == "other")
+    with persist.open(location, asked, allow_weak_kdf=True, freshness=False) as db:
+        assert db.table("t")[7] == b"v7" and db.verify() == []
+    if asked == "other":
+        with pytest.raises(persist.WrongPassphrase):
+            persist.open(location, "new", allow_weak_kdf=True, freshness=False, read_only=True)
