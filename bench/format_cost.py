@@ -2,8 +2,9 @@
 
 Run by hand (issue 14 asks for it; the main harness has no notion of an older build)::
 
-    git worktree add /tmp/persist-v1 f575c24          # the release before format v2
-    python3 -m venv /tmp/persist-v1/.venv && /tmp/persist-v1/.venv/bin/pip install -e /tmp/persist-v1
+    git worktree add /tmp/persist-v1 f575c24     # the release before format v2
+    python3 -m venv /tmp/persist-v1/.venv
+    /tmp/persist-v1/.venv/bin/pip install -e /tmp/persist-v1
     .venv/bin/python -m bench.format_cost --v1 /tmp/persist-v1/.venv/bin/python
 
 Each configuration runs in its own child process, the configurations alternate
@@ -43,7 +44,9 @@ if config == "v2-nosd":
         return conn
     backend.SQLiteStore._open_writer = no_secure_delete
 d = tempfile.mkdtemp(dir=os.environ.get("BENCH_SCRATCH"))
-db = persist.open(d + "/b.db", "pw", kdf=KdfParams.weak_for_tests(), allow_weak_kdf=True, freshness=False)
+db = persist.open(
+    d + "/b.db", "pw", kdf=KdfParams.weak_for_tests(), allow_weak_kdf=True, freshness=False
+)
 t = db.table("t")
 rng = random.Random(7)
 if workload == "bulk":

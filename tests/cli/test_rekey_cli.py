@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -99,10 +100,8 @@ def _rotation_interrupted_after_the_switch(tmp_path: Path) -> str:
         faulty = FaultyStore(inner)
         ebs = EncryptedStore.open(faulty, "old", allow_weak_kdf=True, freshness=False)
         faulty.fail_write_number(faulty.writes + n)
-        try:
+        with contextlib.suppress(InjectedFault):
             rotation.rekey(ebs, "new", kdf=WEAK, allow_weak_kdf=True, rekeyer=TreesRekeyer())
-        except InjectedFault:
-            pass
         inner.close()
         with open_store(location, read_only=True) as kvs:
             try:

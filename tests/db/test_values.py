@@ -250,7 +250,7 @@ def test_record_with_an_init_false_field_reads_back(db: persist.Database) -> Non
         fractions.Fraction(-1, 3),
         uuid.UUID(int=7),
     ],
-    ids=repr,
+    ids=lambda v: type(v).__name__,  # not repr: a set's order changes with the hash seed
 )
 def test_listed_value_reads_back_exactly(db: persist.Database, value: Any) -> None:
     db.root["v"] = value
