@@ -1,4 +1,6 @@
-"""Child process of the push kill test: ``python -m tests.remote.push_child SOURCE TARGET``.
+"""Child of the kill tests: ``python -m tests.remote.push_child SOURCE TARGET [restore]``.
+
+With ``restore``, restores the replica TARGET into the new location SOURCE instead.
 
 Prints ``go`` once imported and about to push (the parent kills it at a random
 moment after that), then ``done`` when the push returned.
@@ -8,13 +10,16 @@ from __future__ import annotations
 
 import sys
 
-from persist.remote import push
+from persist.remote import push, restore
 
 
 def main() -> None:
     source, target = sys.argv[1], sys.argv[2]
     print("go", flush=True)
-    push(source, target, passphrase="pw", allow_weak_kdf=True, freshness=False)
+    if sys.argv[3:] == ["restore"]:
+        restore(target, source, passphrase="pw", allow_weak_kdf=True, freshness=False)
+    else:
+        push(source, target, passphrase="pw", allow_weak_kdf=True, freshness=False)
     print("done", flush=True)
 
 

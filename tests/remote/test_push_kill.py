@@ -39,10 +39,10 @@ def _change(location: str, rng: random.Random, round_: int) -> int:
         return int(db._ebs.root.count)
 
 
-def _push(source: str, target: str, kill_after: float | None) -> bool:
+def _push(source: str, target: str, kill_after: float | None, *mode: str) -> bool:
     """Run a child push; kill it ``kill_after`` seconds after it starts. True: it finished."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.remote.push_child", source, target],
+        [sys.executable, "-m", "tests.remote.push_child", source, target, *mode],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -100,3 +100,51 @@ def test_push_survives_sigkill_at_random_moments(tmp_path: Path) -> None:
     restored = str(tmp_path / "back.db")
     persist.remote.restore(target, restored, passphrase="pw", allow_weak_kdf=True, freshness=False)
     assert contents(restored) == contents(source)
+
+
+RESTORE_KILLS = 10
+
+
+def test_restore_survives_sigkill_at_random_moments(tmp_path: Path) -> None:
+    """A restore killed anywhere leaves no store that opens (keyslots and roots come
+    last), or the whole one; a restore asked to overwrite then completes it."""
+    rng = random.Random(18)
+    source = str(tmp_path / "s.db")
+    target = target_location_for("dir", tmp_path)
+    with (
+        persist.open(
+            source, "pw", kdf=KdfParams.weak_for_tests(), allow_weak_kdf=True, freshness=False
+        ) as db,
+        db.atomic(),
+    ):
+        db.table("t").update({i: f"value {i}" for i in range(6_000)})
+        db.root["blob"] = os.urandom(200_000)
+    assert _push(source, target, None)
+    want = contents(source)
+    started = time.monotonic()  # a restore alone (the kill clock starts after start-up)
+    persist.remote.restore(
+        target, str(tmp_path / "timed.db"), passphrase="pw", allow_weak_kdf=True, freshness=False
+    )
+    duration = time.monotonic() - started
+    cut = 0
+    for round_ in range(RESTORE_KILLS):
+        dest = str(tmp_path / f"r{round_}.db")
+        finished = _push(dest, target, rng.uniform(0.0, duration), "restore")
+        try:
+            opened = contents(dest)
+        except (persist.StoreNotFound, persist.NotAStore):
+            assert not finished
+            cut += 1
+            persist.remote.restore(
+                target,
+                dest,
+                passphrase="pw",
+                allow_weak_kdf=True,
+                freshness=False,
+                overwrite=True,
+            )
+            opened = contents(dest)
+        assert opened == want, round_
+        with persist.open(dest, "pw", read_only=True, allow_weak_kdf=True, freshness=False) as db:
+            assert db.verify() == []
+    assert cut >= RESTORE_KILLS // 4, cut  # the kills did land inside restores
