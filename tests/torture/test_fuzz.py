@@ -273,3 +273,23 @@ def test_rekey_journal_plaintext() -> None:
 
     run()
     record("fuzz.inputs.rekey_journal_plaintext", count[0])
+
+
+def test_replica_lease_records() -> None:
+    """The lease row a replica's host stores (persist/remote/leaserecord.py)."""
+    from persist.remote.leaserecord import LeaseRecord
+
+    held = LeaseRecord.first(None, "host-a", 30_000, 1_700_000_000_000, b"\x07" * 16)
+    seeds = [held.encode(), held.renewed(30_000, 1_700_000_010_000).released(1).encode()]
+    _fuzz("replica_lease_record", seeds, LeaseRecord.parse)
+
+
+def test_replica_dir_state_files() -> None:
+    """The state-log files of a dir replica (persist/remote/dirstate.py)."""
+    from persist.remote.dirstate import DirState
+
+    genesis = DirState(0, bytes(32), bytes(32), None, {})
+    one, state = genesis.successor(b"lease bytes", {b"\x00root": b"r" * 40, b"\x00gone": None})
+    two, _ = state.successor(None, {b"\x00k": b""})
+    _fuzz("replica_dir_state", [one], lambda data: DirState.parse(data, 1))
+    _fuzz("replica_dir_state_2", [two], lambda data: DirState.parse(data, 2))
