@@ -181,6 +181,8 @@ def _decode(data: bytes, pos: int) -> tuple[Key, int]:
         raw = data[pos : pos + length]
         if len(raw) != length:
             raise IndexError
+        if raw[0] == 0 or (tag == T_POS_BIG and length <= _SMALL):
+            raise ValueError("non-canonical int key encoding")
         return int.from_bytes(raw, "big"), pos + length
     if T_ZERO - _SMALL <= tag < T_ZERO or tag == T_NEG_BIG:
         if tag == T_NEG_BIG:
@@ -191,6 +193,8 @@ def _decode(data: bytes, pos: int) -> tuple[Key, int]:
         raw = data[pos : pos + length]
         if len(raw) != length:
             raise IndexError
+        if raw[0] == 0xFF or (tag == T_NEG_BIG and length <= _SMALL):
+            raise ValueError("non-canonical int key encoding")
         return -int.from_bytes(bytes(b ^ 0xFF for b in raw), "big"), pos + length
     raise ValueError(f"unknown key tag 0x{tag:02x}")
 

@@ -86,6 +86,25 @@ def test_malformed_encodings(data: bytes) -> None:
         decode_key(data)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x13\xff",  # -0: a negative int with a zero magnitude byte (found by tests/torture/test_fuzz.py)
+        b"\x15\x00",  # +0
+        b"\x16\x00\x01",  # 1 with a leading zero byte
+        b"\x12\xff\xfe",  # -1 with a leading zero byte
+        b"\x1d" + (1).to_bytes(8, "big") + b"\x01",  # a small int under the big-int tag
+        b"\x0b" + ((1 << 64) - 2).to_bytes(8, "big") + b"\xfe",  # a small negative under the big tag
+        b"\x05\x13\xff\x00",  # -0 inside a tuple
+    ],
+)
+def test_non_canonical_int_encodings_are_refused(data: bytes) -> None:
+    """Every key has one encoding: a decoder accepting another would give two
+    rows the same key (and the fuzzer's round trip would fail)."""
+    with pytest.raises(ValueError, match="non-canonical"):
+        decode_key(data)
+
+
 def test_known_answers() -> None:
     assert encode_key(0) == b"\x14"
     assert encode_key(1) == b"\x15\x01"
