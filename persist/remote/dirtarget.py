@@ -47,7 +47,7 @@ import secrets
 import shutil
 import stat
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from ..errors import (
     ContainerExists,
@@ -421,12 +421,26 @@ class DirContainer(Container):
     def _write_if_lease(
         self, expected: bytes, puts: dict[bytes, bytes], deletes: list[bytes]
     ) -> bool:
+        return self._transition_rows(puts, deletes, lambda lease: lease == expected)
+
+    def _write_atomic(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
+        self._transition_rows(puts, deletes, lambda lease: True)
+
+    def _transition_rows(
+        self,
+        puts: dict[bytes, bytes],
+        deletes: list[bytes],
+        allowed: Callable[[bytes | None], bool],
+    ) -> bool:
+        """One state-log transition writing ``puts`` and ``deletes`` as conditional
+        rows, if ``allowed(lease)``; then the row files those rows now stand for are
+        deleted.  False: refused, nothing written."""
         with self._open(write=True) as cdir:
             assert cdir is not None
             moved: list[bytes] = []
 
             def change(st: DirState) -> tuple[bytes | None, dict[bytes, bytes | None]] | None:
-                if st.lease != expected:
+                if not allowed(st.lease):
                     return None
                 moved.clear()
                 rows: dict[bytes, bytes | None] = dict(st.rows)
@@ -441,24 +455,6 @@ class DirContainer(Container):
                 return False
             cdir.delete_rows(moved)
             return True
-
-    def _write_atomic(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
-        with self._open(write=True) as cdir:
-            assert cdir is not None
-            moved: list[bytes] = []
-
-            def change(st: DirState) -> tuple[bytes | None, dict[bytes, bytes | None]]:
-                moved.clear()
-                rows: dict[bytes, bytes | None] = dict(st.rows)
-                for key in (*puts, *deletes):
-                    if key not in st.rows and cdir.row_exists(key):
-                        moved.append(key)
-                rows.update(puts)
-                rows.update((k, None) for k in deletes if k in st.rows or k in moved)
-                return st.lease, rows
-
-            cdir.transition(change)
-            cdir.delete_rows(moved)
 
     def _exists(self) -> bool:
         if not self.name:
