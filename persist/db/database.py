@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import logging
 import os
 import threading
 import weakref
@@ -54,6 +55,7 @@ __all__ = ["ROOT", "SCHEMA", "Database", "open"]
 ROOT = "__root__"
 SCHEMA = "__schema__"
 _RESERVED = "__"
+_log = logging.getLogger("persist.replication")
 
 KeyArg = bytes | str | os.PathLike[str]
 
@@ -75,6 +77,7 @@ def open(
     root_log: LogLimits | None = None,
     replace: bool = False,
     replicas: Iterable[str] = (),
+    replica_close_timeout: float = 10.0,
 ) -> Database:
     """Open the database at ``location``, creating it if it is missing and ``create``.
 
@@ -90,12 +93,15 @@ def open(
     ``replace``: an empty store where the freshness record saw a database is
     a rollback (RollbackDetected); ``replace=True`` makes a new one there.
     ``replicas``: target locations that committed waves are pushed to, off
-    the commit path (:mod:`persist.db.replication`).
+    the commit path (:mod:`persist.db.replication`); ``close()`` waits up to
+    ``replica_close_timeout`` seconds for them to hold the final state.
     """
     if (passphrase is None) == (key is None):
         raise TypeError("give exactly one of passphrase= and key=")
     if passphrase is not None and not isinstance(passphrase, str):
         raise TypeError("the passphrase must be a str")
+    if not replica_close_timeout >= 0:  # also refuses NaN
+        raise ValueError("replica_close_timeout must be a number of seconds >= 0")
     fresh = freshness if freshness is not True else None
     path = os.fspath(location)
     checked = None if read_only else _check_key_read_only(path, passphrase, key, allow_weak_kdf)
@@ -152,6 +158,7 @@ def open(
         targets = [replicas] if isinstance(replicas, str) else list(replicas)
         if targets and db._mux is not None:
             db._replicator = Replicator(ebs, targets)
+            db._replica_close_timeout = float(replica_close_timeout)
             db._mux.add_post_commit_hook(db._replicator.on_commit)
         return db
     except BaseException:
@@ -286,6 +293,7 @@ class Database:
         self._objects.codec = self._codec
         self._closed = False
         self._replicator: Replicator | None = None
+        self._replica_close_timeout = 10.0
         _open_databases.add(self)
 
     # -- maps --------------------------------------------------------------------
@@ -429,6 +437,11 @@ class Database:
     def close(self) -> None:
         """Commit what is pending, then close.  Idempotent.
 
+        With ``replicas``, the final committed state is then pushed to each of
+        them, waiting at most ``replica_close_timeout`` seconds (given to
+        :func:`open`); a replica that fails or is still behind then is logged
+        as a warning, and closing goes on.
+
         Inside an atomic block it raises RuntimeError and changes nothing: the
         database stays open, the block's writes land when it ends, and
         ``close`` works once it has.
@@ -442,11 +455,27 @@ class Database:
         closed = _Closed(self.location)
         self._access = self._objects.access = closed
         if self._replicator is not None:
+            self._drain_replicas(self._replicator)
             self._replicator.close()
         if self._mux is not None:
             self._mux.close()  # commits pending waves, then closes the trees
         else:
             self._trees.close()
+
+    def _drain_replicas(self, replicator: Replicator) -> None:
+        """close(): commit what is pending, then give the replicas their last push."""
+        assert self._mux is not None  # a replicator exists only beside a writer
+        try:
+            self._mux.commit_wait()
+        except PersistError:
+            return  # the mux failed: mux.close() reports it; the replicas keep what they hold
+        behind = replicator.drain(self._ebs.root.count, self._replica_close_timeout)
+        if behind:
+            _log.warning(
+                "closing with replicas behind the last commit: %s (replication_status() "
+                "had the errors; the next open's replication or `persist push` catches up)",
+                ", ".join(behind),
+            )
 
     @property
     def closed(self) -> bool:

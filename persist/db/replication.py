@@ -14,6 +14,10 @@ Theory of operation (docs/remote.md "Continuous replication"):
    poisons the local database, and the other replicas go on.
 4. :meth:`Replicator.wait` returns once every replica holds a root at least
    as new as the given count (``commit_wait(replicated=True)``).
+5. ``Database.close`` commits what is pending, then :meth:`Replicator.drain`
+   gives each replica a bounded last push of that final state (the
+   ``replica_close_timeout`` of :func:`persist.open`), and a replica left
+   behind is logged; then the thread stops.
 """
 
 from __future__ import annotations
@@ -139,6 +143,32 @@ class Replicator:
                 )
                 and not self._closed
             )
+
+    def drain(self, count: int, timeout: float) -> list[str]:
+        """Give every replica behind ``count`` one more chance, for at most ``timeout`` s.
+
+        Returns when each replica holds ``count`` or newer, or has failed a
+        push that started after this call (no waiting out a backoff), or the
+        time is up; the result names the replicas left behind (shown as
+        locations).  Used by ``Database.close`` before the thread stops.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            self._wanted = max(self._wanted, count)
+            failed_before = dict(self._failures)
+            for t in self._targets:
+                self._retry_at[t] = 0.0  # a replica in backoff gets its last try now
+            self._cond.notify_all()
+
+            def settled(t: str) -> bool:
+                return self._done[t] >= count or self._failures[t] > failed_before[t]
+
+            while not self._closed and not all(map(settled, self._targets)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return [display_location(t) for t in self._targets if self._done[t] < count]
 
     def status(self) -> list[ReplicaStatus]:
         with self._cond:
