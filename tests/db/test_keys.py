@@ -89,12 +89,12 @@ def test_malformed_encodings(data: bytes) -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        b"\x13\xff",  # -0: a negative int with a zero magnitude byte (found by tests/torture/test_fuzz.py)
+        b"\x13\xff",  # -0, a zero magnitude byte (found by the fuzzer)
         b"\x15\x00",  # +0
         b"\x16\x00\x01",  # 1 with a leading zero byte
         b"\x12\xff\xfe",  # -1 with a leading zero byte
         b"\x1d" + (1).to_bytes(8, "big") + b"\x01",  # a small int under the big-int tag
-        b"\x0b" + ((1 << 64) - 2).to_bytes(8, "big") + b"\xfe",  # a small negative under the big tag
+        b"\x0b" + ((1 << 64) - 2).to_bytes(8, "big") + b"\xfe",  # small, under the big tag
         b"\x05\x13\xff\x00",  # -0 inside a tuple
     ],
 )
