@@ -434,7 +434,16 @@ class DirContainer(Container):
     ) -> bool:
         """One state-log transition writing ``puts`` and ``deletes`` as conditional
         rows, if ``allowed(lease)``; then the row files those rows now stand for are
-        deleted.  False: refused, nothing written."""
+        deleted.  False: refused, nothing written.
+
+        A deleted row that was a plain file leaves a tombstone in the state
+        log, which hides the file from the moment of the transition (a holder
+        stalled before it unlinks the files cannot remove a row that a later
+        holder writes again: that write goes into the log, over the tombstone).
+        Once the files are gone, a second transition drops the tombstones that
+        are still tombstones, so a push's fenced garbage deletes do not grow
+        the state log.  Killed in between, a tombstone and perhaps its file
+        stay: the row reads as absent, as it should."""
         with self._open(write=True) as cdir:
             assert cdir is not None
             moved: list[bytes] = []
@@ -454,6 +463,19 @@ class DirContainer(Container):
             if cdir.transition(change) is None:
                 return False
             cdir.delete_rows(moved)
+            buried = [k for k in moved if k not in puts]
+            if buried:
+
+                def prune(st: DirState) -> tuple[bytes | None, dict[bytes, bytes | None]] | None:
+                    dead = [k for k in buried if k in st.rows and st.rows[k] is None]
+                    if not dead:
+                        return None
+                    rows = dict(st.rows)
+                    for key in dead:
+                        del rows[key]
+                    return st.lease, rows
+
+                cdir.transition(prune)
             return True
 
     def _exists(self) -> bool:

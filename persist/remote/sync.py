@@ -13,7 +13,9 @@ Theory of operation (docs/remote.md "Push", "Poll and pull", "Restore"):
    c. the **root switch** -- both root slots and the keyslots, in one atomic
       step (a state-log transition on dir targets), fenced by the lease when
       one is held, so a writer that lost its lease publishes nothing;
-   d. the rows the new root no longer reaches are deleted;
+   d. the rows the new root no longer reaches are deleted, each batch fenced
+      by the lease too (a holder that lost it after the switch must not
+      delete rows the next holder's root reaches again);
    e. the intent row is deleted.
 
    Killed anywhere, the replica holds its old root or its new one, with every
@@ -492,9 +494,11 @@ def _push(
     dels = sorted(deletes)
     report("deleting garbage", 0, len(dels))
     for start in range(0, len(dels), BATCH_ROWS):
-        _check_lease(lease)
         chunk = dels[start : start + BATCH_ROWS]
-        container.delete(chunk)
+        if lease is not None:  # fenced like the switch: the next holder's root may reach them
+            lease.fenced_write((), chunk)
+        else:
+            container.delete(chunk)
         deleted += len(chunk)
         report("deleting garbage", deleted, len(dels))
     container.delete([INTENT_KEY])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -325,6 +326,78 @@ def test_a_lease_fences_the_root_switch(tmp_path: Path) -> None:
         container.close()
         count, _ = replica_issues(target)
         assert count == db._ebs.root.count - 1  # the second push published nothing
+
+
+def test_a_holder_that_lost_its_lease_after_the_switch_deletes_nothing(tmp_path: Path) -> None:
+    """A pushes with a lease, switches the root, and stalls before deleting
+    the rows its new root no longer reaches (its clock stopped: a paused
+    process).  B takes the lease and pushes a state that reaches those rows
+    again (B's store is a copy of A's older one).  A's deletes must then be
+    refused: unfenced, they removed rows of B's root (the replica failed
+    verify with missing rows before the deletes were fenced).
+
+    On a kvs target the same cannot happen: A's push holds the store's write
+    lock, so B's takeover waits for it (StoreLocked); a dir target has no
+    lock held across a push, only per step."""
+    target = target_location_for("dir", tmp_path)
+    a_loc, b_loc = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    root_log = LogLimits(0, 0)  # every change rewrites tree nodes
+    with new_db(a_loc, root_log=root_log) as a:
+        fill(a, 300)
+        push(a, target, freshness=False)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(a_loc + suffix):
+            shutil.copyfile(a_loc + suffix, b_loc + suffix)
+    with new_db(b_loc, root_log=root_log, freshness=False) as b:
+        b.table("t")[299] = "b's own"  # B is two transactions ahead of the replica
+        b.commit_wait()
+        b.root["b"] = 1
+        b.commit_wait()
+    frozen = [0.0]
+    a_container = open_container(target)
+    b_container = open_container(target)
+    a_lease = acquire(a_container, holder="A", lease_time=0.5, clock=lambda: frozen[0])
+    stalled: list[int] = []
+
+    def stall(phase: str, done: int, total: int | None) -> None:
+        if phase == "deleting garbage" and done == 0 and total and not stalled:
+            stalled.append(total)
+            b_lease = acquire(b_container, holder="B", lease_time=0.5, timeout=10)
+            with new_db(b_loc, root_log=root_log, freshness=False) as b:
+                push(b, b_container, lease=b_lease, freshness=False)
+
+    try:
+        with new_db(a_loc, root_log=root_log) as a:
+            a.table("t")[0] = "a's change"  # replaces the path B still reaches
+            a.commit_wait()
+            with pytest.raises(LeaseLost):
+                push(a, a_container, lease=a_lease, freshness=False, progress=stall)
+    finally:
+        a_container.close()
+        b_container.close()
+    assert stalled and stalled[0] > 0
+    assert replica_issues(target)[1] == []
+    restore(target, str(tmp_path / "r.db"), passphrase=PW, freshness=False, **WEAK)
+    assert contents(str(tmp_path / "r.db")) == contents(b_loc)
+
+
+def test_fenced_garbage_deletes_leave_no_tombstones_in_a_dir_state_log(tmp_path: Path) -> None:
+    target = target_location_for("dir", tmp_path)
+    with new_db(str(tmp_path / "s.db"), root_log=LogLimits(0, 0)) as db:
+        container = open_container(target, create=True)
+        lease = acquire(container, lease_time=30)
+        deleted = 0
+        for round_ in range(3):
+            fill(db, 200, tag=f"round {round_}")
+            deleted += push(db, container, lease=lease, freshness=False).deleted
+        lease.release()
+        with container._open(write=False) as cdir:  # type: ignore[attr-defined]
+            state_rows = dict(cdir.state().rows)
+        container.close()
+    assert deleted >= 10  # each round replaced the table's leaves
+    # only the rows a switch gave a value: both root slots and the keyslot
+    assert len(state_rows) == 3 and None not in state_rows.values()
+    assert replica_issues(target)[1] == []
 
 
 # -- a tampered replica -----------------------------------------------------------
