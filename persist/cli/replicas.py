@@ -143,7 +143,25 @@ def push(
     Writes only the rows the replica lacks, then switches its root, then
     deletes what the new root no longer reaches.  Exit 1 if the replica is
     newer or forked (pull first), holds another database, or its lease is
-    held by someone else."""
+    held by someone else.
+
+    When LOCATION is itself a replica (dir://... or TARGET#name), no key is
+    asked for: TARGET becomes an exact copy of it, row for row (reads both
+    in full, writes what differs; it cannot tell which one is newer)."""
+    if is_target_location(location):
+        if sweep:
+            raise click.UsageError("--sweep is for a push from a store; a replica's is a copy")
+        with _refusals(target, as_json), _progress(as_json) as bar:
+            mirrored = remote.mirror(location, target, replace=replace, progress=bar)
+        shown = display_location(target)
+        text = (
+            f"{shown}: already a copy of {mirrored.source}"
+            if mirrored.up_to_date
+            else f"copied {mirrored.source} to {shown}: {mirrored.written} rows written, "
+            f"{mirrored.deleted} deleted, {mirrored.unchanged} unchanged"
+        )
+        _emit(as_json, text, {**dataclasses.asdict(mirrored), "up_to_date": mirrored.up_to_date})
+        return
     kw = _credentials(opts)
     with _refusals(target, as_json), _progress(as_json) as bar:
         result = remote.push(location, target, replace=replace, sweep=sweep, progress=bar, **kw)

@@ -15,7 +15,8 @@ Every blocking call ``f`` has an asyncio twin ``af`` that never blocks the
 event loop (``aacquire``, ``acopy_container``, ``Container.aget`` ...).
 
 Part 2 keeps replicas in step (:mod:`persist.remote.sync`): :func:`push`,
-:func:`poll`, :func:`pull`, :func:`restore` and their twins.
+:func:`poll`, :func:`pull`, :func:`restore` and their twins; :func:`mirror`
+(:mod:`persist.remote.mirroring`) pushes a replica to another one without the key.
 """
 
 from .lease import (
@@ -49,6 +50,7 @@ from .locations import (
     open_target,
     split_location,
 )
+from .mirroring import MirrorResult, amirror, mirror
 from .replicastore import ContainerStore
 from .sync import (
     PollResult,
@@ -84,6 +86,7 @@ __all__ = [
     "Contender",
     "Lease",
     "LeaseRecord",
+    "MirrorResult",
     "PollResult",
     "PullResult",
     "PushResult",
@@ -95,6 +98,7 @@ __all__ = [
     "acreate_container",
     "adelete_container",
     "alist_containers",
+    "amirror",
     "aopen_container",
     "aopen_target",
     "apoll",
@@ -110,6 +114,7 @@ __all__ = [
     "default_holder",
     "delete_container",
     "list_containers",
+    "mirror",
     "open_container",
     "open_target",
     "poll",

@@ -1,6 +1,7 @@
-"""Child of the kill tests: ``python -m tests.remote.push_child SOURCE TARGET [restore]``.
+"""Child of the kill tests: ``python -m tests.remote.push_child SOURCE TARGET [restore|mirror]``.
 
-With ``restore``, restores the replica TARGET into the new location SOURCE instead.
+With ``restore``, restores the replica TARGET into the new location SOURCE instead;
+with ``mirror``, mirrors the replica SOURCE to TARGET (no key).
 
 Prints ``go`` once imported and about to push (the parent kills it at a random
 moment after that), then ``done`` when the push returned.
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import sys
 
-from persist.remote import push, restore
+from persist.remote import mirror, push, restore
 
 
 def main() -> None:
     source, target = sys.argv[1], sys.argv[2]
     print("go", flush=True)
-    if sys.argv[3:] == ["restore"]:
+    if sys.argv[3:] == ["mirror"]:
+        mirror(source, target)
+    elif sys.argv[3:] == ["restore"]:
         restore(target, source, passphrase="pw", allow_weak_kdf=True, freshness=False)
     else:
         push(source, target, passphrase="pw", allow_weak_kdf=True, freshness=False)
