@@ -35,6 +35,18 @@ table, and the segments are deleted, in the same atomic batch.
    row and empties the tail.  The root authenticates the tail (it is part
    of the root's plaintext); the chain covers the rows.  The tail is laid
    over the rows, in order.
+6. **Folding in pieces.**  Once the log is due, a commit of a small wave
+   folds only one key range of it -- the next keys of one table in key
+   order after a cursor, as many as ``LogLimits.piece_nodes`` tree nodes
+   are estimated to hold, and at least as many as the wave adds -- and
+   writes what is left as the first segment of the next generation, the
+   wave after it; the old generation's segments are deleted in the same
+   batch.  The log's value of a folded key is its newest, so moving it into
+   the tree changes no read; the log of the new state is the remainder plus
+   the wave.  A commit thus rewrites a bounded number of nodes (plus the
+   remainder's one row), instead of the whole log's worth every so often.
+   A wave too large for the log, a log whose whole fold is about as cheap
+   as a piece, and ``close()`` fold everything.
 
 Formats (docs/format.md "Root log"): the catalog payload is
 :data:`_META` (version 1: no tail; version 2: then the tail, each segment
@@ -51,7 +63,7 @@ import hmac
 import math
 import struct
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from ..errors import IntegrityError
@@ -111,10 +123,15 @@ class LogLimits:
     #: Bytes of the newest segments carried inside the root instead of as rows
     #: (the tail: a small commit then writes one row); 0 writes every segment as a row.
     tail_bytes: int = 1024
+    #: Tree nodes a commit folds at most (estimated) once the log is due, by
+    #: folding one key range of it (rule 6); 0 folds the whole log at once.
+    piece_nodes: int = 64
 
     def __post_init__(self) -> None:
-        if self.max_entries < 0 or self.max_bytes < 0 or self.fold_nodes < 0 or self.tail_bytes < 0:
+        if min(self.max_entries, self.max_bytes, self.fold_nodes, self.tail_bytes) < 0:
             raise ValueError("log limits are not negative (0 turns the log off)")
+        if self.piece_nodes < 0:
+            raise ValueError("piece_nodes is not negative (0 folds the whole log at once)")
 
 
 #: Entries of a leaf on average (three quarters full), for :func:`fold_estimate`.
@@ -394,6 +411,35 @@ class RootLog:
     def folded(self) -> RootLog:
         """The empty log of the next generation (after a fold)."""
         return RootLog(generation=self.generation + 1)
+
+    def without(
+        self, piece: Mapping[str, Iterable[bytes]]
+    ) -> tuple[RootLog, bytes | None, bytes | None]:
+        """``(log, segment key, segment row)``: the next generation holding this
+        log's changes except the keys of ``piece`` (rule 6: a partial fold).
+
+        What is left is written as the new generation's first segment (key and
+        row; None when nothing is left); the caller deletes this generation's
+        segments in the same batch, as a fold does.
+        """
+        left: dict[str, Pending] = {}
+        for table, tab in self.tables.items():
+            drop = piece.get(table)
+            if drop is None:
+                left[table] = tab
+                continue
+            gone = set(drop)
+            rest = {k: v for k, v in tab.items() if k not in gone}
+            if rest:
+                left[table] = rest
+        generation = self.generation + 1
+        if not left:
+            return RootLog(generation=generation), None, None
+        row = encode_segment(left)
+        log = RootLog(
+            left, generation=generation, segments=1, chain=_chain(_NO_CHAIN, row), nbytes=len(row)
+        )
+        return log, segment_key(generation, 0), row
 
     def table_bound(self, table: str) -> int:
         """At least the number of keys of ``table`` in the log."""

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from bisect import bisect_left
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 
@@ -438,6 +439,8 @@ class TreeWaveStore:
         self._indexes: dict[str, CountIndex] = {}
         self._superseded: list[_TreeSet] = []
         self._log_table = ebs.table(LOG_DESCRIPTOR)
+        #: per table, the key the next piece of a partial fold starts at (rootlog rule 6)
+        self._fold_cursor: dict[str, bytes] = {}
         if writable and ebs.version < 2:
             self._upgrade()
         pin = None if writable else ebs.pin()
@@ -526,10 +529,49 @@ class TreeWaveStore:
         segment = None
         if not self._fold_due(state, changes):
             segment = state.log.segment_within(changes, self.log_limits)
-        if segment is None:
+        if segment is not None:
+            self._commit_to_log(state, changes, segment)
+            return
+        piece = self._piece(state, changes)
+        if piece is None:
             self._fold(state, changes)
         else:
-            self._commit_to_log(state, changes, segment)
+            self._fold(state, changes, piece=piece)
+
+    def _piece(
+        self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]
+    ) -> dict[str, list[bytes]] | None:
+        """The key range of the log this commit folds (rootlog rule 6), or None
+        to fold everything (a wave too large for the log, a cheap whole fold,
+        piece folding off)."""
+        limits = self.log_limits
+        budget = limits.piece_nodes
+        log = state.log
+        if not budget or not log.tables:
+            return None
+        wave_keys = sum(map(len, changes.values()))
+        if wave_keys > limits.max_entries // 2:
+            return None  # a large wave: to the trees with the log
+        if log.bound > 2 * limits.max_entries or log.nbytes > 2 * limits.max_bytes:
+            return None  # pieces did not keep up (waves of larger values): start afresh
+        trees = state.trees
+        costs = {
+            name: fold_estimate(len(tab), trees.tree_count(name))
+            for name, tab in log.tables.items()
+        }
+        if sum(costs.values()) <= 2 * budget:
+            return None  # the whole log costs about a piece: fold it and start afresh
+        name = max(costs, key=costs.__getitem__)
+        keys = sorted(log.tables[name])
+        per_key = costs[name] / len(keys)
+        take = min(len(keys), max(wave_keys, 1, int(budget / per_key)))
+        cursor = self._fold_cursor.get(name, b"")
+        at = bisect_left(keys, cursor)
+        chosen = keys[at : at + take]
+        if len(chosen) < take:  # wrap around to the lowest keys
+            chosen += keys[: take - len(chosen)]
+        self._fold_cursor[name] = keys[(at + take) % len(keys)] if take < len(keys) else b""
+        return {name: chosen}
 
     def _fold_due(self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> bool:
         """Whether folding the log with ``changes`` would rewrite ``fold_nodes`` nodes."""
@@ -560,15 +602,33 @@ class TreeWaveStore:
         self.ebs.commit(batch, self._catalog(tree_set.roots, log))
         self._state = _State(tree_set, log)
 
-    def _fold(self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> None:
-        """Apply the root log and ``changes`` to the trees; empty the log."""
+    def _fold(
+        self,
+        state: _State,
+        changes: Mapping[str, Mapping[bytes, bytes | None]],
+        piece: Mapping[str, list[bytes]] | None = None,
+    ) -> None:
+        """Apply the root log and ``changes`` to the trees; empty the log.
+
+        With ``piece``, apply only those keys of the log, and commit what is
+        left of it, then ``changes``, as the next generation's log (rootlog
+        rule 6)."""
         roots = dict(state.trees.roots)
         batch = self.ebs.batch()
         updates: list[tuple[EbsNodeStore, TreeUpdate]] = []
-        pending: dict[str, Mapping[bytes, bytes | None]] = dict(state.log.tables)
-        for name, tab in changes.items():
-            logged = pending.get(name)
-            pending[name] = {**logged, **tab} if logged else tab
+        pending: dict[str, Mapping[bytes, bytes | None]]
+        if piece is None:
+            pending = dict(state.log.tables)
+            for name, tab in changes.items():
+                logged = pending.get(name)
+                pending[name] = {**logged, **tab} if logged else tab
+        else:
+            logged_tables = state.log.tables
+            pending = {t: {k: logged_tables[t][k] for k in keys} for t, keys in piece.items()}
+            for name in changes:
+                if name not in roots:  # a new table: an empty tree, its keys in the log
+                    roots[name] = None
+                    self._store(name, empty=True)
         new_counts: dict[str, CountIndex] = {}
         for name, tab in pending.items():
             tab = _foldable(name, tab)
@@ -587,9 +647,18 @@ class TreeWaveStore:
                 index.store.add_to_batch(batch, cupdate)
                 updates.append((index.store, cupdate))
                 new_counts[name] = CountIndex(index.table, croot, self.cache)
-        for key in state.log.segment_keys():
-            batch.delete_row(self._log_table, key)
-        log = state.log.folded()
+        for old_segment in state.log.segment_keys():
+            batch.delete_row(self._log_table, old_segment)
+        if piece is None:
+            log = state.log.folded()
+        else:
+            log, *first = state.log.without(piece)
+            second: list[bytes | None] = [None, None]
+            if any(changes.values()):
+                log, *second = log.appended(changes, None, self.log_limits.tail_bytes)
+            for key, row in (first, second):
+                if key is not None and row is not None:
+                    batch.put_row(self._log_table, key, row, new=True)
         catalog = self._catalog(roots, log, {**self._indexes, **new_counts})
         # Readers of the trees this fold replaces may still need the nodes it
         # deletes: pin the store as it is, before anything is deleted.

@@ -65,6 +65,9 @@ class ReadsMachine(RuleBasedStateMachine):
         self.iterations: list[tuple[Iterator[tuple[Any, Any]], list[tuple[int, bytes]], int]] = []
         self.db = self._open()
 
+    #: 1: a due log is folded one small key range per commit (rootlog rule 6)
+    piece_nodes = 64
+
     def _open(self) -> persist.Database:
         return persist.open(
             self.location,
@@ -74,7 +77,7 @@ class ReadsMachine(RuleBasedStateMachine):
             freshness=False,
             durable=False,
             cache_nodes=24,
-            root_log=persist.LogLimits(max_entries=12, fold_nodes=4),
+            root_log=persist.LogLimits(max_entries=12, fold_nodes=4, piece_nodes=self.piece_nodes),
             config=persist.mux.MuxConfig(max_delay=30),  # commits come when asked
         )
 
@@ -194,7 +197,14 @@ class LevelDBReads(ReadsMachine):
     backend = "leveldb"
 
 
+class SQLiteReadsFoldingInPieces(ReadsMachine):
+    backend = "sqlite"
+    piece_nodes = 1
+
+
 SQLiteReads.TestCase.settings = SETTINGS
 LevelDBReads.TestCase.settings = SETTINGS
+SQLiteReadsFoldingInPieces.TestCase.settings = settings(SETTINGS, max_examples=100)
 test_reads_on_sqlite = SQLiteReads.TestCase
 test_reads_on_leveldb = LevelDBReads.TestCase
+test_reads_on_sqlite_folding_in_pieces = SQLiteReadsFoldingInPieces.TestCase

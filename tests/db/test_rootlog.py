@@ -388,3 +388,69 @@ def test_over_limit_keys_an_old_store_logged_do_not_break_a_fold() -> None:
     with pytest.raises(IntegrityError, match="holds a key of 1034 bytes"):
         trees.fold()
     assert TreeWaveStore(trees.ebs).get("t", b"b") == b"2"  # nothing lost
+
+
+def _lone_writer(
+    location: str, limits: LogLimits, monkeypatch: pytest.MonkeyPatch, commits: int = 600
+) -> tuple[list[tuple[bool, int]], list[int], dict[int, str]]:
+    """A tree of 3,000 entries, then ``commits`` one-key commits.  Returns, per
+    fold, (whether it folded a piece, tree nodes it wrote), the log's key count
+    after every commit, and the model."""
+    import persist.db.treestore as treestore
+
+    folds: list[tuple[bool, int]] = []
+    written = [0]
+    real_apply, real_fold = treestore.apply_batch, TreeWaveStore._fold
+
+    def apply(*a: object, **k: object) -> object:
+        root, update = real_apply(*a, **k)  # type: ignore[arg-type]
+        written[0] += len(update.puts)
+        return root, update
+
+    def fold(self: TreeWaveStore, state: object, changes: object, piece: object = None) -> None:
+        written[0] = 0
+        real_fold(self, state, changes, piece)  # type: ignore[arg-type]
+        folds.append((piece is not None, written[0]))
+
+    monkeypatch.setattr(treestore, "apply_batch", apply)
+    monkeypatch.setattr(TreeWaveStore, "_fold", fold)
+    rng = random.Random(17)
+    model = {i: "tree" for i in range(3000)}
+    sizes: list[int] = []
+    with persist.open(location, "pw", root_log=limits, **WEAK) as db:  # type: ignore[arg-type]
+        t = db.table("t")
+        with db.atomic():
+            t.update(model)
+        db.commit_wait()
+        for n in range(commits):
+            k = rng.randrange(6000)
+            t[k] = model[k] = f"v{n}"
+            db.commit_wait()
+            sizes.append(len(db._trees.log))
+        assert dict(t.items()) == model
+        assert db.verify() == []
+    with persist.open(location, "pw", read_only=True, **WEAK) as db:  # type: ignore[arg-type]
+        assert dict(db.table("t").items()) == model
+        assert len(db._trees.log) == 0  # close folded everything
+    return folds[1:], sizes, model  # the bulk load's fold aside
+
+
+def test_a_due_log_is_folded_in_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the log is due, each commit folds one key range of it: far fewer
+    nodes per commit than a whole fold, the log stays at its bound, and the
+    state is the same (rootlog rule 6)."""
+    pieces, sizes, _ = _lone_writer(
+        str(tmp_path / "p.db"), LogLimits(max_entries=100, piece_nodes=4), monkeypatch
+    )
+    whole, whole_sizes, _ = _lone_writer(
+        str(tmp_path / "w.db"), LogLimits(max_entries=100, piece_nodes=0), monkeypatch
+    )
+    piece_folds = [nodes for piece, nodes in pieces[:-1] if piece]  # the last: close's
+    assert len(piece_folds) >= 20 and all(piece for piece, _ in pieces[:-1])
+    whole_folds = [nodes for _, nodes in whole[:-1]]
+    assert whole_folds and min(whole_folds) > 40  # a whole fold rewrites most leaves
+    assert max(piece_folds) <= 16 < min(whole_folds)
+    assert max(sizes) <= 100 and min(sizes[200:]) >= 80  # the log stays near its bound
+    assert max(whole_sizes) <= 100
+    # the same total work, give or take: pieces keep the amortization of a fold
+    assert sum(piece_folds) <= 2 * sum(whole_folds)

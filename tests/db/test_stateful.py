@@ -45,9 +45,13 @@ class APIModel(RuleBasedStateMachine):
         self.model: dict[str, dict[Any, Any]] = {"ints": {}, "tuples": {}}
         self.in_block = False
 
+    #: 1: a due log is folded one small key range per commit (rootlog rule 6)
+    piece_nodes = 64
+
     def _open(self) -> persist.Database:
         # A small root log: both commit paths (log and fold) run often.
-        return persist.open(self.location, "pw", root_log=persist.LogLimits(6, 700), **WEAK)
+        limits = persist.LogLimits(6, 700, piece_nodes=self.piece_nodes)
+        return persist.open(self.location, "pw", root_log=limits, **WEAK)
 
     def _table(self, name: str) -> persist.Table:
         return self.db.table(name)
@@ -145,7 +149,15 @@ class SQLiteAPIModel(APIModel):
     backend = "sqlite"
 
 
+class PiecesAPIModel(APIModel):
+    piece_nodes = 1
+
+
 TestAPIModelMemory = APIModel.TestCase
 TestAPIModelMemory.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
 TestAPIModelSQLite = SQLiteAPIModel.TestCase
 TestAPIModelSQLite.settings = settings(max_examples=10, stateful_step_count=25, deadline=None)
+TestAPIModelFoldingInPieces = PiecesAPIModel.TestCase
+TestAPIModelFoldingInPieces.settings = settings(
+    max_examples=80, stateful_step_count=30, deadline=None
+)
