@@ -339,6 +339,11 @@ def _batches(
         yield batch
 
 
+def _digest(value: bytes) -> bytes:
+    """A short digest of a row's bytes, to compare a replica's rows with the store's."""
+    return hashlib.blake2b(value, digest_size=16).digest()
+
+
 def _check_lease(lease: Lease | None) -> None:
     if lease is not None and lease.remaining() <= 0:
         raise LeaseLost(
@@ -469,9 +474,12 @@ def _push(
     if full or diff is None:
         diff = reachable(ebs, snap.get, new_root)  # the local store's own damage raises
         report("listing the replica", 0, None)
+        # A row the replica holds with other bytes (flipped by its host, or an
+        # older encryption of the same node) is written again: a sweep repairs.
         with contextlib.closing(container.scan()) as rows:
-            existing = {k for k, _ in rows}
-        puts = {k: v for k, v in diff.puts.items() if k not in existing}
+            held = {k: _digest(v) for k, v in rows}
+        existing = set(held)
+        puts = {k: v for k, v in diff.puts.items() if held.get(k) != _digest(v)}
         keep = set(diff.puts) | set(local_fixed) | {INTENT_KEY}
         deletes = existing - keep
     else:

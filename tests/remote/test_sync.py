@@ -458,6 +458,24 @@ def test_a_damaged_replica_is_refused(damage: str, pushed: tuple[str, str], tmp_
     assert replica_issues(target)[1] == []
 
 
+def test_a_sweep_rewrites_a_damaged_row_the_root_still_reaches(
+    pushed: tuple[str, str],
+) -> None:
+    """The damaged row stays reachable (the same root is pushed again): the
+    sweep must compare the replica's bytes, not only which keys it holds (it
+    kept the flipped row before; the test above hit that when its random
+    row was one the repair commit did not replace)."""
+    src, target = pushed
+    push(src, target, passphrase=PW, **WEAK)  # the store at rest (closing folded its log)
+    count = replica_issues(target)[0]
+    key = _node_row(target)
+    _flip(target, key)
+    assert replica_issues(target)[1] != []
+    result = push(src, target, passphrase=PW, sweep=True, **WEAK)
+    assert result.swept and result.count == count and result.written == 1
+    assert replica_issues(target) == (count, [])
+
+
 def _opens(location: str) -> bool:
     try:
         with persist.open(location, PW, read_only=True, **WEAK, freshness=False):
