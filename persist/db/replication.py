@@ -23,6 +23,7 @@ Theory of operation (docs/remote.md "Continuous replication"):
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -72,6 +73,10 @@ class Replicator:
         self._failures = dict.fromkeys(self._targets, 0)
         self._retry_at = dict.fromkeys(self._targets, 0.0)
         self._backoff, self._max_backoff = backoff, max_backoff
+        #: when the push that last failed started, per replica (drain tells by it)
+        self._failed_started: dict[str, float] = {}
+        #: when a drain began (close): a push in flight before it that fails is retried at once
+        self._drain_since: float | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="persist:replication", daemon=True)
         self._thread.start()
@@ -107,6 +112,7 @@ class Replicator:
                 self._push(target)
 
     def _push(self, target: str) -> None:
+        started = time.monotonic()
         try:
             result = sync.push(self._ebs, target)
         except ClosedError:
@@ -114,7 +120,10 @@ class Replicator:
         except (PersistError, OSError) as exc:
             with self._cond:
                 self._failures[target] += 1
+                self._failed_started[target] = started
                 delay = min(self._backoff * 2 ** (self._failures[target] - 1), self._max_backoff)
+                if self._drain_since is not None and started < self._drain_since:
+                    delay = 0.0  # it was in flight when close began: the last try is still due
                 self._retry_at[target] = time.monotonic() + delay
                 self._errors[target] = f"{type(exc).__name__}: {exc}"
                 self._cond.notify_all()
@@ -152,16 +161,17 @@ class Replicator:
         time is up; the result names the replicas left behind (shown as
         locations).  Used by ``Database.close`` before the thread stops.
         """
-        deadline = time.monotonic() + max(0.0, timeout)
+        since = time.monotonic()
+        deadline = since + max(0.0, timeout)
         with self._cond:
             self._wanted = max(self._wanted, count)
-            failed_before = dict(self._failures)
+            self._drain_since = since
             for t in self._targets:
                 self._retry_at[t] = 0.0  # a replica in backoff gets its last try now
             self._cond.notify_all()
 
             def settled(t: str) -> bool:
-                return self._done[t] >= count or self._failures[t] > failed_before[t]
+                return self._done[t] >= count or self._failed_started.get(t, -math.inf) >= since
 
             while not self._closed and not all(map(settled, self._targets)):
                 left = deadline - time.monotonic()

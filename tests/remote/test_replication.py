@@ -194,3 +194,43 @@ def test_replica_close_timeout_is_checked(tmp_path: Path) -> None:
             _open_lazy(tmp_path, target, replica_close_timeout=bad)
     with _open_lazy(tmp_path, target) as db:  # the failed opens left it usable
         db.root["ok"] = 1
+
+
+def test_a_push_in_flight_when_close_begins_and_fails_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = target_location_for("dir", tmp_path)
+    real = replication.sync.push
+    release = threading.Event()
+    calls = [0]
+
+    def push(*a: Any, **k: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 2:  # in flight when close begins, then fails
+            release.wait(30)
+            raise StoreIOError("the replica dropped the connection")
+        return real(*a, **k)
+
+    monkeypatch.setattr(replication.sync, "push", push)
+    db = _open_lazy(tmp_path, target, replica_close_timeout=60.0)
+    db.root["k"] = "last"
+    db.commit_wait()  # wakes the thread: its push hangs
+    deadline = time.monotonic() + 10
+    while calls[0] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    replicator = db._replicator
+    assert replicator is not None
+    replicator._backoff = 5.0  # a failure would wait 5 s before its retry
+    closer = threading.Thread(target=db.close)
+    started = time.monotonic()
+    closer.start()
+    while replicator._drain_since is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()  # the push in flight fails now, after close began
+    closer.join(20)
+    assert not closer.is_alive()
+    assert calls[0] == 3  # the failure of a push begun before close did not end the drain
+    assert time.monotonic() - started < 4.0  # and its retry came at once, not after 5 s
+    assert replica_issues(target)[1] == []
+    restore(target, str(tmp_path / "r.db"), passphrase=PW, **WEAK)
+    assert contents(str(tmp_path / "r.db"))["root:'k'"] == "last"
