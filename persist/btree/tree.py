@@ -133,6 +133,12 @@ class Tree:
         """
         return chain.from_iterable(self._runs(start, stop, reverse))
 
+    def runs(
+        self, start: bytes | None = None, stop: bytes | None = None, *, reverse: bool = False
+    ) -> Iterator[Iterable[tuple[bytes, bytes]]]:
+        """:meth:`items`, leaf by leaf: one iterable of pairs per leaf's part of the range."""
+        return self._runs(start, stop, reverse)
+
     def _runs(
         self, start: bytes | None, stop: bytes | None, reverse: bool
     ) -> Iterator[Iterable[tuple[bytes, bytes]]]:

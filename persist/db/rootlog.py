@@ -467,9 +467,20 @@ class RootLog:
         reverse: bool,
     ) -> Iterator[tuple[bytes, bytes]]:
         """``committed`` (a tree scan of ``[start, stop)``) with this log laid over it."""
+        pending = self.in_range(table, start, stop)
+        if not pending:
+            return committed
+        if reverse:
+            pending.reverse()
+        return merge_pending(committed, pending, reverse)
+
+    def in_range(
+        self, table: str, start: bytes | None, stop: bytes | None
+    ) -> list[tuple[bytes, bytes | None]]:
+        """The log's changes of ``table`` in ``[start, stop)``, ascending."""
         tab = self.tables.get(table)
         if not tab:
-            return committed
+            return []
         index = self._sorted.get(table)
         if index is None:  # a benign race: two readers may both build it
             keys = sorted(tab)
@@ -477,9 +488,4 @@ class RootLog:
         keys, values = index
         lo = 0 if start is None else bisect_left(keys, start)
         hi = len(keys) if stop is None else bisect_left(keys, stop)
-        pending = list(zip(keys[lo:hi], values[lo:hi], strict=True))
-        if not pending:
-            return committed
-        if reverse:
-            pending.reverse()
-        return merge_pending(committed, pending, reverse)
+        return list(zip(keys[lo:hi], values[lo:hi], strict=True))

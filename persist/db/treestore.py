@@ -49,7 +49,8 @@ import logging
 import threading
 from bisect import bisect_left
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import chain
 
 from ..btree import (
     MAX_KEY_SIZE,
@@ -370,17 +371,31 @@ class _State:
     def scan(
         self, table: str, start: bytes | None, stop: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
+        """The pairs of ``[start, stop)``, run by run (a leaf's part, or the
+        log's overlay) under one C-level chain: no Python frame per pair.
+
+        The first run is taken now, which starts the runs' generator: from
+        then on, dropping the iterator unfinished still runs its ``finally``
+        (a generator never started would not), so the read always leaves.
+        """
         ts = self.trees
         ts.enter()
-        return self._scan(ts, table, start, stop, reverse)
+        runs = self._runs(ts, table, start, stop, reverse)
+        first = next(runs, None)
+        if first is None:
+            return iter(())
+        return chain(first, chain.from_iterable(runs))
 
-    def _scan(
+    def _runs(
         self, ts: _TreeSet, table: str, start: bytes | None, stop: bytes | None, reverse: bool
-    ) -> Iterator[tuple[bytes, bytes]]:
+    ) -> Iterator[Iterable[tuple[bytes, bytes]]]:
         try:
             tree = ts.trees.get(table)
-            committed = iter(()) if tree is None else tree.items(start, stop, reverse=reverse)
-            yield from self.log.overlay(table, committed, start, stop, reverse)
+            runs = iter(()) if tree is None else tree.runs(start, stop, reverse=reverse)
+            if self.log.bound and self.log.in_range(table, start, stop):
+                yield self.log.overlay(table, chain.from_iterable(runs), start, stop, reverse)
+            else:
+                yield from runs
         finally:
             ts.leave()
 

@@ -233,3 +233,33 @@ def test_a_read_only_handle_iterates_one_state_beside_a_writer(
             assert len(reader.table("t")) == 5000 and reader.table("t")[7] == b"old"
             reader.refresh()
             assert reader.table("t")[7] == b"new 2"
+
+
+def test_an_iteration_dropped_unfinished_or_never_started_releases_its_state(
+    tmp_path: Path,
+) -> None:
+    """A scan registers as a reader of its tree set; the set's pin (which keeps
+    the nodes a fold deletes readable) closes when the last reader leaves.  An
+    iterator dropped half way, or before its first item, must leave too."""
+    import gc
+
+    with _open(str(tmp_path / "db.sqlite"), root_log=persist.LogLimits(0, 0)) as db:
+        t = db.table("t")
+        with db.atomic():
+            t.update({i: f"v{i}" for i in range(2000)})
+        db.commit_wait()
+        old = db._trees._state.trees
+        half = iter(t.items())
+        assert next(half) == (0, "v0")
+        never = iter(t.values())  # made, never read
+        t[5] = "new"
+        db.commit_wait()  # a fold: the old tree set is retired, pinned for its readers
+        assert old.retired and old.pin is not None and not old.pin.closed
+        assert old._readers == 2
+        del half
+        gc.collect()
+        assert old._readers == 1 and not old.pin.closed
+        del never
+        gc.collect()
+        assert old._readers == 0 and old.pin.closed
+        assert t[5] == "new" and len(t) == 2000
