@@ -11,7 +11,7 @@ from typing import Any
 
 import cbor2
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from persist.db import keys as keymod
@@ -160,8 +160,11 @@ encoded = st.one_of(
 
 @settings(max_examples=800)
 @given(encoded)
+@example(b"\xf9\x7c\x01")  # a half-float NaN
 def test_decode_equals_cbor2(data: bytes) -> None:
-    assert fast_decode(codec.decode, data) == general_decode(data)
+    fast, general = fast_decode(codec.decode, data), general_decode(data)
+    # NaN is not equal to itself (b"\xf9\x7c\x01", a half-float NaN, came up): compare reprs
+    assert fast == general or repr(fast) == repr(general)
 
 
 @settings(max_examples=400)
