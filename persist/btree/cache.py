@@ -61,6 +61,24 @@ class NodeCache:
             return decoded
         return node
 
+    def peek(self, nid: NodeId) -> Leaf | Internal | None:
+        """The cached, decoded tree node ``nid`` (marking it recently used), else None.
+
+        The read hot path: no lock.  Each dictionary operation is atomic under
+        the GIL; a node evicted between them just is not marked (its
+        ``move_to_end`` finds it gone).  ``hits`` may then miss a count.  An
+        entry still in encoded form, or a blob, is left to :meth:`get`.
+        """
+        node = self._nodes.get(nid)
+        if node is None or (node.__class__ is not Leaf and node.__class__ is not Internal):
+            return None
+        try:  # noqa: SIM105 (contextlib.suppress costs a context manager per read)
+            self._nodes.move_to_end(nid)
+        except KeyError:
+            pass
+        self.hits += 1
+        return node
+
     def put(self, nid: NodeId, node: Node) -> None:
         """Remember ``node`` under ``nid``, evicting the least recently used beyond capacity."""
         self._put(nid, node)

@@ -30,6 +30,10 @@ __all__ = ["Tree"]
 _Span: TypeAlias = tuple[tuple[bytes, ...], tuple[Value, ...], int, int]
 
 
+def _no_peek(nid: NodeId) -> None:
+    return None
+
+
 class Tree:
     """An immutable view of one version of a tree (``root`` None = empty)."""
 
@@ -55,15 +59,20 @@ class Tree:
 
     def _leaf_for(self, key: bytes) -> Leaf | None:
         """Return the leaf whose range holds ``key`` (None when below every key)."""
-        if self.root is None:
+        nid = self.root
+        if nid is None:
             return None
-        node = self._reader.tree_node(self.root)
-        while isinstance(node, Internal):
+        reader = self._reader
+        cache = reader.cache
+        peek = cache.peek if cache is not None else _no_peek  # the hot path: cached nodes
+        node = peek(nid) or reader.tree_node(nid)
+        while node.__class__ is Internal:
             i = bisect_right(node.keys, key) - 1
             if i < 0:
                 return None
-            node = self._reader.tree_node(node.children[i])
-        return node
+            nid = node.children[i]
+            node = peek(nid) or reader.tree_node(nid)
+        return node  # type: ignore[return-value]
 
     def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
         """Return the value stored under ``key``, or ``default``."""
