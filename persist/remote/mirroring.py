@@ -64,12 +64,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..ebs.keyslot import MAX_KEYSLOTS, keyslot_key
-from ..errors import LeaseHeld, StoreLocked, StoreNotFound, WrongDatabase
+from ..errors import StoreLocked, StoreNotFound, WrongDatabase
 from ..kvs import display_location
 from .dirtarget import DirContainer
-from .lease import Lease, read_lease
+from .lease import Lease
 from .locations import open_container
-from .sync import INTENT_KEY, _batches, _replica
+from .sync import INTENT_KEY, _check_writer, _delete_rows, _publish, _replica, _write_rows
 from .target import Container
 
 __all__ = ["MirrorResult", "amirror", "mirror"]
@@ -196,16 +196,7 @@ def _mirror(
     replace: bool,
     report: Progress,
 ) -> MirrorResult:
-    if lease is None:
-        record = read_lease(dest)
-        if record is not None and record.held:
-            raise LeaseHeld(
-                f"the lease of {display_location(dest.location)} is held by {record.holder}: "
-                "mirror with that lease (or release it)",
-                record,
-            )
-    elif lease.container.location != dest.location:
-        raise ValueError("the lease is not on the container mirrored to")
+    _check_writer(dest, lease, "mirror")
     report("listing the target", 0, None)
     stored_intent = dest.get(INTENT_KEY)
     have = _rows(dest)
@@ -226,52 +217,29 @@ def _mirror(
     }
     slot_puts = {k: v for k, v in src_slots.items() if have.get(k) != v}
     slot_unset = [k for k in dest_slots if k not in src_slots]
-    deletes = sorted(k for k in have if k not in rows and k not in KEYSLOT_KEYS)
+    deletes = [k for k in have if k not in rows and k not in KEYSLOT_KEYS]
     unchanged = len(rows) - len(new) - len(changed) - len(slot_puts)
-    result = MirrorResult(
-        display_location(src_location), display_location(dest.location), 0, 0, unchanged
-    )
+    shown = display_location(src_location), display_location(dest.location)
     if not (new or changed or slot_puts or slot_unset or deletes) and stored_intent is None:
-        return result
-
-    def publish(puts: dict[bytes, bytes], unset: list[bytes]) -> None:
-        if lease is not None:
-            lease.fenced_write(puts, unset)
-        else:
-            dest.write_atomic(puts, unset)
-
+        return MirrorResult(*shown, 0, 0, unchanged)
     if stored_intent is None or not ours:
         dest.write({INTENT_KEY: intent})
     others = sum(1 for k in have if k not in KEYSLOT_KEYS)
     if same and (others <= 1 or (stored_intent is not None and not ours)):
         # Theory rule 5: the destination may lack a root slot (an empty
         # database, or an interrupted push's).  It stops opening first.
-        publish({}, list(dest_slots))
+        _publish(dest, lease, {}, list(dest_slots))
         same, slot_puts, slot_unset = False, dict(src_slots), []
     if same:  # every row it lacks is a node; the changed ones switch roots
         plain, switch = new, {**changed, **slot_puts}
     else:  # it opens with none of the source's rows until the keyslots land
         plain, switch = {**new, **changed}, slot_puts
-    written = 0
-    report("writing rows", 0, len(plain))
-    for batch in _batches(sorted(plain.items())):
-        dest.write(batch)
-        written += len(batch)
-        report("writing rows", written, len(plain))
-    publish(switch, slot_unset)
+    written = _write_rows(dest, plain, report)
+    _publish(dest, lease, switch, slot_unset)
     written += len(switch)
-    deleted = 0
-    report("deleting rows", 0, len(deletes))
-    for start in range(0, len(deletes), 1024):
-        chunk = deletes[start : start + 1024]
-        if lease is not None:
-            lease.fenced_write((), chunk)
-        else:
-            dest.delete(chunk)
-        deleted += len(chunk)
-        report("deleting rows", deleted, len(deletes))
+    deleted = _delete_rows(dest, lease, deletes, report, "deleting rows")
     dest.delete([INTENT_KEY])
-    return MirrorResult(result.source, result.target, written, deleted, unchanged)
+    return MirrorResult(*shown, written, deleted, unchanged)
 
 
 async def amirror(source: str | Container, target: str | Container, **kwargs: Any) -> MirrorResult:

@@ -54,7 +54,7 @@ import contextlib
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -344,6 +344,68 @@ def _digest(value: bytes) -> bytes:
     return hashlib.blake2b(value, digest_size=16).digest()
 
 
+def _check_writer(container: Container, lease: Lease | None, what: str) -> None:
+    """Refuse to write ``container`` without its lease while someone holds it, or
+    with a lease on another container (``what``: "push", "mirror")."""
+    if lease is None:
+        record = read_lease(container)
+        if record is not None and record.held:
+            raise LeaseHeld(
+                f"the lease of {_shown(container.location)} is held by {record.holder}: "
+                f"{what} with that lease (or release it)",
+                record,
+            )
+    elif lease.container.location != container.location:
+        raise ValueError(f"the lease is not on the container the {what} writes to")
+
+
+def _write_rows(
+    container: Container,
+    rows: Mapping[bytes, bytes],
+    report: Progress,
+    lease: Lease | None = None,
+) -> int:
+    """Write ``rows`` as plain batches in key order (checking ``lease``'s time before
+    each, when given); the number written."""
+    written = 0
+    report("writing rows", 0, len(rows))
+    for batch in _batches(sorted(rows.items())):
+        _check_lease(lease)
+        container.write(batch)
+        written += len(batch)
+        report("writing rows", written, len(rows))
+    return written
+
+
+def _publish(
+    container: Container, lease: Lease | None, puts: dict[bytes, bytes], unset: list[bytes]
+) -> None:
+    """One atomic step (a root switch), fenced by ``lease`` when one is held."""
+    if lease is not None:
+        lease.fenced_write(puts, unset)
+    else:
+        container.write_atomic(puts, unset)
+
+
+def _delete_rows(
+    container: Container, lease: Lease | None, keys: Iterable[bytes], report: Progress, phase: str
+) -> int:
+    """Delete ``keys`` in batches, each fenced by ``lease`` like a switch (the next
+    holder's root may reach them); the number deleted."""
+    dels = sorted(keys)
+    deleted = 0
+    report(phase, 0, len(dels))
+    for start in range(0, len(dels), BATCH_ROWS):
+        chunk = dels[start : start + BATCH_ROWS]
+        if lease is not None:
+            lease.fenced_write((), chunk)
+        else:
+            container.delete(chunk)
+        deleted += len(chunk)
+        report(phase, deleted, len(dels))
+    return deleted
+
+
 def _check_lease(lease: Lease | None) -> None:
     if lease is not None and lease.remaining() <= 0:
         raise LeaseLost(
@@ -409,16 +471,7 @@ def _push(
     freshness: Freshness,
     report: Progress,
 ) -> PushResult:
-    if lease is None:
-        record = read_lease(container)
-        if record is not None and record.held:
-            raise LeaseHeld(
-                f"the lease of {_shown(container.location)} is held by {record.holder}: "
-                "push with that lease (or release it)",
-                record,
-            )
-    elif lease.container.location != container.location:
-        raise ValueError("the lease is not on the container pushed to")
+    _check_writer(container, lease, "push")
     try:
         old_root, _, damaged = _replica_roots(ebs, container)
     except WrongDatabase:
@@ -484,31 +537,12 @@ def _push(
         deletes = existing - keep
     else:
         puts, deletes = diff.puts, diff.deletes
-    written = 0
-    report("writing rows", 0, len(puts))
-    for batch in _batches(sorted(puts.items())):
-        _check_lease(lease)
-        container.write(batch)
-        written += len(batch)
-        report("writing rows", written, len(puts))
+    written = _write_rows(container, puts, report, lease)
     switch = {k: v for k, v in local_fixed.items() if v is not None and remote_fixed.get(k) != v}
     unset = [k for k, v in local_fixed.items() if v is None and remote_fixed.get(k) is not None]
-    if lease is not None:
-        lease.fenced_write(switch, unset)
-    else:
-        container.write_atomic(switch, unset)
+    _publish(container, lease, switch, unset)
     written += len(switch)
-    deleted = 0
-    dels = sorted(deletes)
-    report("deleting garbage", 0, len(dels))
-    for start in range(0, len(dels), BATCH_ROWS):
-        chunk = dels[start : start + BATCH_ROWS]
-        if lease is not None:  # fenced like the switch: the next holder's root may reach them
-            lease.fenced_write((), chunk)
-        else:
-            container.delete(chunk)
-        deleted += len(chunk)
-        report("deleting garbage", deleted, len(dels))
+    deleted = _delete_rows(container, lease, deletes, report, "deleting garbage")
     container.delete([INTENT_KEY])
     _save(replica_record_path(freshness, container), new_root)
     return PushResult(container.location, new_root.count, previous, written, deleted, full)

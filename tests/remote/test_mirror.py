@@ -18,7 +18,7 @@ import pytest
 
 import persist
 from persist.errors import LeaseHeld, LeaseLost, StoreNotFound, WrongDatabase
-from persist.remote import acquire, mirror, open_container, push, restore
+from persist.remote import acquire, mirror, open_container, push, restore, sync
 from persist.remote import mirroring as mirror_module
 from persist.remote.sync import INTENT_KEY
 
@@ -119,7 +119,7 @@ def test_no_reader_sees_a_root_before_its_rows(source: tuple[str, str], tmp_path
     check = _check_during(b, {before, after})
     monkey = pytest.MonkeyPatch()
     with monkey.context() as m:
-        m.setattr(mirror_module, "_batches", _one_row_batches)  # check after every row
+        m.setattr(sync, "_batches", _one_row_batches)  # check after every row
         mirror(a, b, progress=check)
     assert set(check.seen) == {before, after}
     assert replica_issues(b) == (after, [])
@@ -144,7 +144,7 @@ def test_a_replica_of_an_empty_database_is_rebuilt_unopenable_until_done(
         push(db, a, freshness=False)
     check = _check_during(b, {0, None, replica_issues(a)[0]})
     with pytest.MonkeyPatch().context() as m:
-        m.setattr(mirror_module, "_batches", _one_row_batches)
+        m.setattr(sync, "_batches", _one_row_batches)
         mirror(a, b, progress=check)
     assert None in check.seen  # it stopped opening while it was filled
     assert replica_issues(b) == (replica_issues(a)[0], [])
