@@ -157,8 +157,7 @@ def open(
         )
         targets = [replicas] if isinstance(replicas, str) else list(replicas)
         if targets and db._mux is not None:
-            db._replicator = Replicator(ebs, targets)
-            db._replica_close_timeout = float(replica_close_timeout)
+            db._replicator = Replicator(ebs, targets, close_timeout=replica_close_timeout)
             db._mux.add_post_commit_hook(db._replicator.on_commit)
         return db
     except BaseException:
@@ -293,7 +292,6 @@ class Database:
         self._objects.codec = self._codec
         self._closed = False
         self._replicator: Replicator | None = None
-        self._replica_close_timeout = 10.0
         _open_databases.add(self)
 
     # -- maps --------------------------------------------------------------------
@@ -469,7 +467,7 @@ class Database:
             self._mux.commit_wait()
         except PersistError:
             return  # the mux failed: mux.close() reports it; the replicas keep what they hold
-        behind = replicator.drain(self._ebs.root.count, self._replica_close_timeout)
+        behind = replicator.drain(self._ebs.root.count)
         if behind:
             _log.warning(
                 "closing with replicas behind the last commit: %s (replication_status() "

@@ -63,6 +63,7 @@ class Replicator:
         *,
         backoff: float = 0.05,
         max_backoff: float = 5.0,
+        close_timeout: float = 10.0,
     ) -> None:
         self._ebs = ebs
         self._targets = list(targets)
@@ -73,6 +74,8 @@ class Replicator:
         self._failures = dict.fromkeys(self._targets, 0)
         self._retry_at = dict.fromkeys(self._targets, 0.0)
         self._backoff, self._max_backoff = backoff, max_backoff
+        #: seconds :meth:`drain` waits at most (``replica_close_timeout`` of persist.open)
+        self.close_timeout = close_timeout
         #: when the push that last failed started, per replica (drain tells by it)
         self._failed_started: dict[str, float] = {}
         #: when a drain began (close): a push in flight before it that fails is retried at once
@@ -153,8 +156,8 @@ class Replicator:
                 and not self._closed
             )
 
-    def drain(self, count: int, timeout: float) -> list[str]:
-        """Give every replica behind ``count`` one more chance, for at most ``timeout`` s.
+    def drain(self, count: int) -> list[str]:
+        """Give every replica behind ``count`` one more chance, for at most ``close_timeout`` s.
 
         Returns when each replica holds ``count`` or newer, or has failed a
         push that started after this call (no waiting out a backoff), or the
@@ -162,7 +165,7 @@ class Replicator:
         locations).  Used by ``Database.close`` before the thread stops.
         """
         since = time.monotonic()
-        deadline = since + max(0.0, timeout)
+        deadline = since + max(0.0, self.close_timeout)
         with self._cond:
             self._wanted = max(self._wanted, count)
             self._drain_since = since

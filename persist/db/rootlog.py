@@ -466,21 +466,11 @@ class RootLog:
         stop: bytes | None,
         reverse: bool,
     ) -> Iterator[tuple[bytes, bytes]]:
-        """``committed`` (a tree scan of ``[start, stop)``) with this log laid over it."""
-        pending = self.in_range(table, start, stop)
-        if not pending:
-            return committed
-        if reverse:
-            pending.reverse()
-        return merge_pending(committed, pending, reverse)
-
-    def in_range(
-        self, table: str, start: bytes | None, stop: bytes | None
-    ) -> list[tuple[bytes, bytes | None]]:
-        """The log's changes of ``table`` in ``[start, stop)``, ascending."""
+        """``committed`` (a tree scan of ``[start, stop)``) with this log laid over it;
+        ``committed`` itself when the log holds no change in the range."""
         tab = self.tables.get(table)
         if not tab:
-            return []
+            return committed
         index = self._sorted.get(table)
         if index is None:  # a benign race: two readers may both build it
             keys = sorted(tab)
@@ -488,4 +478,9 @@ class RootLog:
         keys, values = index
         lo = 0 if start is None else bisect_left(keys, start)
         hi = len(keys) if stop is None else bisect_left(keys, stop)
-        return list(zip(keys[lo:hi], values[lo:hi], strict=True))
+        pending = list(zip(keys[lo:hi], values[lo:hi], strict=True))
+        if not pending:
+            return committed
+        if reverse:
+            pending.reverse()
+        return merge_pending(committed, pending, reverse)

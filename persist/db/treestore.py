@@ -392,10 +392,12 @@ class _State:
         try:
             tree = ts.trees.get(table)
             runs = iter(()) if tree is None else tree.runs(start, stop, reverse=reverse)
-            if self.log.bound and self.log.in_range(table, start, stop):
-                yield self.log.overlay(table, chain.from_iterable(runs), start, stop, reverse)
-            else:
+            committed = chain.from_iterable(runs)
+            merged = self.log.overlay(table, committed, start, stop, reverse)
+            if merged is committed:  # the log changes nothing here: runs as they are
                 yield from runs
+            else:
+                yield merged
         finally:
             ts.leave()
 
