@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -23,9 +22,9 @@ from persist.remote import mirroring as mirror_module
 from persist.remote.sync import INTENT_KEY
 
 from .conftest import target_location_for
+from .test_push_kill import _push
 from .test_sync import PW, WEAK, contents, fill, new_db, replica_issues, replica_keys
 
-ROOT = Path(__file__).resolve().parents[2]
 BIN = str(Path(sys.executable).parent / "persist")
 
 
@@ -278,25 +277,6 @@ def test_persist_push_of_a_replica_needs_no_key(source: tuple[str, str], tmp_pat
 KILLS = 12
 
 
-def _mirror_child(src: str, dst: str, kill_after: float | None) -> bool:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.remote.push_child", src, dst, "mirror"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "go"
-    if kill_after is None:
-        out = child.stdout.read()
-        assert child.wait(timeout=120) == 0
-        return "done" in out
-    time.sleep(kill_after)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=60)
-    return child.returncode == 0
-
-
 @pytest.mark.slow
 def test_a_mirror_survives_sigkill_at_random_moments(
     source: tuple[str, str], tmp_path: Path
@@ -304,7 +284,7 @@ def test_a_mirror_survives_sigkill_at_random_moments(
     local, a = source
     b = f"dir://{tmp_path}/b#db"
     rng = random.Random(19)
-    assert _mirror_child(a, b, None)
+    assert _push(a, b, None, "mirror")
 
     def change(round_: int) -> None:
         with new_db(local) as db:
@@ -325,14 +305,14 @@ def test_a_mirror_survives_sigkill_at_random_moments(
         before = replica_issues(b)[0]
         change(round_)
         new = replica_issues(a)[0]
-        finished = _mirror_child(a, b, rng.uniform(0.0, duration))
+        finished = _push(a, b, rng.uniform(0.0, duration), "mirror")
         count, issues = replica_issues(b)
         assert count in (before, new), (round_, before, new, count)
         assert {i.kind for i in issues} <= {"orphan"}, issues
         if not finished:
             cut += 1
     assert cut >= KILLS // 4, cut  # the kills did land inside mirrors
-    assert _mirror_child(a, b, None)
+    assert _push(a, b, None, "mirror")
     assert replica_keys(b) == replica_keys(a)
     assert replica_issues(b) == (replica_issues(a)[0], [])
     assert _restored(b, tmp_path) == contents(local)

@@ -40,7 +40,8 @@ def _change(location: str, rng: random.Random, round_: int) -> int:
 
 
 def _push(source: str, target: str, kill_after: float | None, *mode: str) -> bool:
-    """Run a child push; kill it ``kill_after`` seconds after it starts. True: it finished."""
+    """Run push_child (a push, or the restore or mirror ``mode`` names); kill it
+    ``kill_after`` seconds after it starts. True: it finished."""
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.remote.push_child", source, target, *mode],
         cwd=ROOT,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +37,30 @@ def _open(tmp_path: Path, target: str) -> persist.Database:
     )
 
 
+def _before_each_push(monkeypatch: pytest.MonkeyPatch, before: Callable[[int], None]) -> None:
+    """Run ``before(n)`` ahead of the replication thread's n-th push (from 1): it
+    may wait or raise (the replica hangs or fails); then the real push runs."""
+    real = replication.sync.push
+    calls = [0]
+
+    def push(*a: Any, **k: Any) -> Any:
+        calls[0] += 1
+        before(calls[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(replication.sync, "push", push)
+
+
 def test_commit_wait_replicated_waits_for_a_slow_replica(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = target_location_for("dir", tmp_path)
-    real = replication.sync.push
     gate = threading.Event()
 
-    def slow_push(*a: Any, **k: Any) -> Any:
+    def slow(n: int) -> None:
         gate.wait(10)  # the replica answers only when the test lets it
-        return real(*a, **k)
 
-    monkeypatch.setattr(replication.sync, "push", slow_push)
+    _before_each_push(monkeypatch, slow)
     with _open(tmp_path, target) as db:
         db.root["k"] = 1
         db.commit_wait()  # a local commit does not wait for the replica
@@ -69,16 +82,14 @@ def test_a_failing_replica_is_reported_retried_and_catches_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = target_location_for("dir", tmp_path)
-    real = replication.sync.push
     failing = threading.Event()
     failing.set()
 
-    def flaky_push(*a: Any, **k: Any) -> Any:
+    def flaky(n: int) -> None:
         if failing.is_set():
             raise StoreIOError("the replica is unreachable")
-        return real(*a, **k)
 
-    monkeypatch.setattr(replication.sync, "push", flaky_push)
+    _before_each_push(monkeypatch, flaky)
     with _open(tmp_path, target) as db:
         for i in range(5):
             db.root[i] = i  # local commits go on while the replica fails
@@ -128,16 +139,14 @@ def test_close_gives_a_failing_replica_one_try_and_logs_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     target = target_location_for("dir", tmp_path)
-    real = replication.sync.push
     calls: list[float] = []
 
-    def push(*a: Any, **k: Any) -> Any:
+    def down_after_the_first(n: int) -> None:
         calls.append(time.monotonic())
-        if len(calls) > 1:  # the replica is down after the first push
+        if n > 1:
             raise StoreIOError("the replica is unreachable")
-        return real(*a, **k)
 
-    monkeypatch.setattr(replication.sync, "push", push)
+    _before_each_push(monkeypatch, down_after_the_first)
     db = _open_lazy(tmp_path, target, replica_close_timeout=60.0)
     db.root["k"] = 1
     db.commit_wait()
@@ -159,17 +168,13 @@ def test_close_waits_for_a_slow_replica_at_most_its_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     target = target_location_for("dir", tmp_path)
-    real = replication.sync.push
     release = threading.Event()
-    calls = [0]
 
-    def push(*a: Any, **k: Any) -> Any:
-        calls[0] += 1
-        if calls[0] > 1:
+    def hangs_after_the_first(n: int) -> None:
+        if n > 1:
             release.wait(30)  # the replica hangs until the test lets it go
-        return real(*a, **k)
 
-    monkeypatch.setattr(replication.sync, "push", push)
+    _before_each_push(monkeypatch, hangs_after_the_first)
     db = _open_lazy(tmp_path, target, replica_close_timeout=0.3)
     db.root["k"] = 1
     closer = threading.Thread(target=db.close)
@@ -200,18 +205,16 @@ def test_a_push_in_flight_when_close_begins_and_fails_is_tried_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = target_location_for("dir", tmp_path)
-    real = replication.sync.push
     release = threading.Event()
     calls = [0]
 
-    def push(*a: Any, **k: Any) -> Any:
-        calls[0] += 1
-        if calls[0] == 2:  # in flight when close begins, then fails
+    def fails_in_flight(n: int) -> None:
+        calls[0] = n
+        if n == 2:  # in flight when close begins, then fails
             release.wait(30)
             raise StoreIOError("the replica dropped the connection")
-        return real(*a, **k)
 
-    monkeypatch.setattr(replication.sync, "push", push)
+    _before_each_push(monkeypatch, fails_in_flight)
     db = _open_lazy(tmp_path, target, replica_close_timeout=60.0)
     db.root["k"] = "last"
     db.commit_wait()  # wakes the thread: its push hangs

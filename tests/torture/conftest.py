@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,18 @@ def scale(ci: int, long: int) -> int:
 
 def record(name: str, value: Any) -> None:
     FIGURES[name] = value
+
+
+def tear_tail(path: Path, at: int, damage: str) -> None:
+    """Damage the file ``path`` from byte ``at`` to its end as a torn write leaves
+    it: ``cut`` (truncated there), ``zeros`` or ``garbage`` (random bytes)."""
+    end = path.stat().st_size
+    with path.open("r+b") as f:
+        if damage == "cut":
+            f.truncate(at)
+        else:
+            f.seek(at)
+            f.write(bytes(end - at) if damage == "zeros" else os.urandom(end - at))
 
 
 @pytest.fixture(scope="session")

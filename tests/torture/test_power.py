@@ -35,7 +35,7 @@ from persist.kvs import open_store
 from persist.kvs.base import Store
 from persist.testing.faults import PowerCutStore, power_cut
 
-from .conftest import record, scale
+from .conftest import record, scale, tear_tail
 
 WEAK = {"kdf": KdfParams.weak_for_tests(), "allow_weak_kdf": True, "freshness": False}
 Model = dict[str, dict[Any, Any]]
@@ -180,13 +180,7 @@ def test_power_cuts_on_real_files(tmp_path: Path, backend: str) -> None:
             shutil.rmtree(torn_dir)
             continue
         cut = rng.randrange(start + 1, end)
-        damage = rng.choice(["cut", "zeros", "garbage"])
-        with log.open("r+b") as f:
-            if damage == "cut":
-                f.truncate(cut)
-            else:
-                f.seek(cut)
-                f.write(bytes(end - cut) if damage == "zeros" else os.urandom(end - cut))
+        tear_tail(log, cut, rng.choice(["cut", "zeros", "garbage"]))
         with open_store(_location(torn_dir, backend)) as kvs:
             _check_cut(kvs, n, models, acked_at)
         shutil.rmtree(torn_dir)

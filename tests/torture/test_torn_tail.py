@@ -26,6 +26,8 @@ import persist
 from persist.testing import crash
 from persist.testing.crash import Zygote, wait_for_line
 
+from .conftest import tear_tail
+
 BIN = str(Path(sys.executable).parent / "persist")
 
 
@@ -61,13 +63,7 @@ def test_a_torn_tail_after_a_kill_opens_and_verifies(
     log = max(directory.glob("*.log"), key=lambda p: int(p.stem))
     size = log.stat().st_size
     assert size > 4096
-    hole = random.randrange(size - 4096, size - 16)
-    with log.open("r+b") as f:
-        if damage == "cut":
-            f.truncate(hole)
-        else:
-            f.seek(hole)
-            f.write(bytes(size - hole) if damage == "zeros" else os.urandom(size - hole))
+    tear_tail(log, random.randrange(size - 4096, size - 16), damage)
     out = _verify(location, tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     with persist.open(location, "pw", read_only=True, allow_weak_kdf=True, freshness=False) as db:
