@@ -93,7 +93,10 @@ def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
         ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True
     )
     if out.returncode:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {out.stderr.decode().strip()}")
+        why = f"cannot mount a tmpfs here (needs root): {out.stderr.decode().strip()}"
+        if os.environ.get("PERSIST_REQUIRE_TMPFS") == "1":  # CI: a failure, not a skip
+            pytest.fail(why)
+        pytest.skip(why)
     try:
         yield mnt
     finally:
