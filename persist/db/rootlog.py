@@ -458,6 +458,15 @@ class RootLog:
 
     # -- reading (any thread) --------------------------------------------------
 
+    def sorted_changes(self, table: str) -> tuple[list[bytes], list[bytes | None]]:
+        """The keys of ``table`` in the log, ascending, and their values (built once)."""
+        index = self._sorted.get(table)
+        if index is None:  # a benign race: two readers may both build it
+            tab = self.tables.get(table, {})
+            keys = sorted(tab)
+            index = self._sorted[table] = (keys, [tab[k] for k in keys])
+        return index
+
     def overlay(
         self,
         table: str,
@@ -468,14 +477,9 @@ class RootLog:
     ) -> Iterator[tuple[bytes, bytes]]:
         """``committed`` (a tree scan of ``[start, stop)``) with this log laid over it;
         ``committed`` itself when the log holds no change in the range."""
-        tab = self.tables.get(table)
-        if not tab:
+        if not self.tables.get(table):
             return committed
-        index = self._sorted.get(table)
-        if index is None:  # a benign race: two readers may both build it
-            keys = sorted(tab)
-            index = self._sorted[table] = (keys, [tab[k] for k in keys])
-        keys, values = index
+        keys, values = self.sorted_changes(table)
         lo = 0 if start is None else bisect_left(keys, start)
         hi = len(keys) if stop is None else bisect_left(keys, stop)
         pending = list(zip(keys[lo:hi], values[lo:hi], strict=True))
