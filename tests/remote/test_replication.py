@@ -27,13 +27,14 @@ def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERSIST_STATE_DIR", str(tmp_path / "state"))
 
 
-def _open(tmp_path: Path, target: str) -> persist.Database:
+def _open(tmp_path: Path, target: str, **kw: Any) -> persist.Database:
     return persist.open(
         str(tmp_path / "s.db"),
         "pw",
         kdf=KdfParams.weak_for_tests(),
         allow_weak_kdf=True,
         replicas=[target],
+        **kw,
     )
 
 
@@ -110,15 +111,7 @@ def test_a_failing_replica_is_reported_retried_and_catches_up(
 
 def _open_lazy(tmp_path: Path, target: str, **kw: Any) -> persist.Database:
     """A database whose waves commit only when asked (or at close)."""
-    return persist.open(
-        str(tmp_path / "s.db"),
-        "pw",
-        kdf=KdfParams.weak_for_tests(),
-        allow_weak_kdf=True,
-        replicas=[target],
-        config=MuxConfig(max_delay=60.0),
-        **kw,
-    )
+    return _open(tmp_path, target, config=MuxConfig(max_delay=60.0), **kw)
 
 
 def test_close_pushes_the_final_state_to_the_replicas(tmp_path: Path) -> None:
