@@ -80,6 +80,11 @@ def _translate(exc: apsw.Error, location: str) -> PersistError:
         return NotAStore(f"{location} is not an SQLite database")
     if isinstance(exc, apsw.BusyError | apsw.LockedError):
         return StoreLocked(f"store {location} is locked by another connection")
+    if isinstance(exc, apsw.ProtocolError):
+        # WAL mode: a read lock could not be had after SQLite's retries, because
+        # another process holds the WAL's locks and does not move (a stopped
+        # process, seen with SIGSTOP): as busy as BusyError, and as retryable.
+        return StoreLocked(f"store {location} is locked by another process (WAL locks held)")
     if isinstance(exc, apsw.ReadOnlyError):
         return ReadOnlyError(f"store {location} is not writable")
     if isinstance(exc, apsw.IOError):

@@ -174,3 +174,15 @@ def test_close_waits_for_nothing_when_idle(tmp_path: Path) -> None:
     t = time.monotonic()
     s.close()
     assert time.monotonic() - t < 5
+
+
+def test_a_wal_lock_another_process_holds_still_is_store_locked() -> None:
+    """SQLITE_PROTOCOL: a WAL read lock not had after SQLite's retries, because a
+    stopped process holds the WAL's locks (seen when
+    tests/remote/test_lease_processes.py SIGSTOPs a writer).  It is as retryable
+    as a busy store, so it is StoreLocked, which callers wait out, and not a
+    bare StoreError."""
+    from persist.kvs.sqlite import _translate
+
+    exc = _translate(apsw.ProtocolError("locking protocol"), "/x.db")
+    assert isinstance(exc, StoreLocked) and "locked by another process" in str(exc)
