@@ -56,14 +56,18 @@ def run(directory: Path, seconds: float, threads: int, config: MuxConfig) -> dic
         config=config,
     )
     table = db.table("bench")
-    baseline = proc.memory_info().rss
-    peak, max_depth = baseline, 0
+    first = proc.memory_info()
+    baseline, baseline_anon = first.rss, first.rss - first.shared
+    peak, peak_anon, max_depth = baseline, baseline_anon, 0
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak, max_depth
+        nonlocal peak, peak_anon, max_depth
         while not stop.is_set():
-            peak = max(peak, proc.memory_info().rss)
+            info = proc.memory_info()
+            peak = max(peak, info.rss)
+            # anonymous memory alone: the heaps, not pages of mapped files
+            peak_anon = max(peak_anon, info.rss - info.shared)
             max_depth = max(max_depth, db.metrics().queue_depth)
             time.sleep(SAMPLE_SECONDS)
 
@@ -108,6 +112,8 @@ def run(directory: Path, seconds: float, threads: int, config: MuxConfig) -> dic
         "baseline_rss": baseline,
         "peak_rss": max(peak, high_water or 0),
         "sampled_peak_rss": peak,
+        "baseline_anon_rss": baseline_anon,
+        "sampled_peak_anon_rss": peak_anon,
         "max_queue_depth": max_depth,
         "waves": metrics.waves_committed,
         "max_writes_per_wave": metrics.max_writes_per_wave,

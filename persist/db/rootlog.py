@@ -39,18 +39,32 @@ table, and the segments are deleted, in the same atomic batch.
    folds only one key range of it -- the next keys of one table in key
    order after a cursor, as many as ``LogLimits.piece_nodes`` tree nodes
    are estimated to hold, and at least as many as the wave adds -- and
-   writes what is left as the first segment of the next generation, the
-   wave after it; the old generation's segments are deleted in the same
-   batch.  The log's value of a folded key is its newest, so moving it into
-   the tree changes no read; the log of the new state is the remainder plus
-   the wave.  A commit thus rewrites a bounded number of nodes (plus the
-   remainder's one row), instead of the whole log's worth every so often.
+   **masks** that range: the catalog payload records (table, range, upto),
+   meaning "the entries of this table in this key range in segment rows
+   before ``upto`` are in the trees", and every reader skips them.  The
+   tail is written as a row first, so a mask never covers a tail segment;
+   the wave goes after it, unmasked.  The log's value of a folded key is its
+   newest, so moving it into the tree changes no read; the log of the new
+   state is the unmasked entries plus the wave.  A piece thus writes its
+   bounded number of nodes and the root, and rewrites none of the log.
    A wave too large for the log, a log whose whole fold is about as cheap
    as a piece, and ``close()`` fold everything.
+7. **Dropping rows.**  Once the masks of every table a segment row holds
+   cover the whole key space for that row (a cursor went once around),
+   nothing in the row is live: the piece deletes it, and the rows before
+   it, in its batch, and the log's first row moves past them; the payload
+   carries the chain value before its first row (``chain_start``) so the
+   chain is still checked over every row that remains.  Masks that cover
+   no remaining row are dropped.  Should the masks reach
+   :data:`MAX_MASKS` (a table that never completes a round), a piece
+   rewrites what is live as the first segment of the next generation
+   instead, as a fold does.
 
 Formats (docs/format.md "Root log"): the catalog payload is
 :data:`_META` (version 1: no tail; version 2: then the tail, each segment
-as ``u32`` length and bytes); a segment is one version byte, then per entry ``u16``
+as ``u32`` length and bytes), or :data:`_META3` (version 3, once a row was
+dropped or a range masked: the first row, the chain before it, the masks,
+then the tail as in version 2); a segment is one version byte, then per entry ``u16``
 table-name length, ``u16`` key length, ``u32`` value length (``0xFFFFFFFF``
 for a delete), then the name (UTF-8), the key and the value; at most one
 entry per (table, key) in a segment.
@@ -62,16 +76,20 @@ import hashlib
 import hmac
 import math
 import struct
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import IntegrityError
 from ..mux import merge_pending
 
 __all__ = [
     "LOG_DESCRIPTOR",
+    "MAX_MASKS",
     "LogLimits",
+    "Mask",
+    "Piece",
     "RootLog",
     "decode_segment",
     "encode_segment",
@@ -85,6 +103,15 @@ _VERSION = 1
 _TAIL_VERSION = 2
 #: version, generation, number of segments, chain digest
 _META = struct.Struct(">BQI32s")
+#: version 3: version, generation, first row, number of rows, chain before the
+#: first row, chain after the last, number of masks
+_MASK_VERSION = 3
+_META3 = struct.Struct(">BQII32s32sH")
+#: table-name length, low-key length, high-key length (_NO_HIGH: unbounded), upto
+_MASK = struct.Struct(">HHHI")
+_NO_HIGH = 0xFFFF
+#: masks a log may carry before a piece rewrites the live log instead (rule 7)
+MAX_MASKS = 64
 _TAIL_LEN = struct.Struct(">I")
 _SEGMENT_KEY = struct.Struct(">QI")
 _ENTRY = struct.Struct(">HHI")
@@ -96,6 +123,91 @@ _RECENT_MAX = 64
 
 Pending = dict[bytes, bytes | None]
 Changes = Mapping[str, Mapping[bytes, bytes | None]]
+
+
+class Mask(NamedTuple):
+    """Rule 6: the entries of ``table`` with ``lo <= key < hi`` (``hi`` None:
+    no upper bound) in segment rows before ``upto`` are in the trees."""
+
+    table: str
+    lo: bytes
+    hi: bytes | None
+    upto: int
+
+
+class Piece(NamedTuple):
+    """What one partial fold takes: the log's keys of ``table`` in ``ranges``
+    (half-open, ``hi`` None: unbounded), all of them, and only them."""
+
+    table: str
+    keys: list[bytes]
+    ranges: tuple[tuple[bytes, bytes | None], ...]
+
+
+class _Row(NamedTuple):
+    """What a reader keeps of one segment row: its size, the tables it holds,
+    and the chain value after it."""
+
+    size: int
+    tables: frozenset[str]
+    chain: bytes
+
+
+def _union(ranges: Iterable[tuple[bytes, bytes | None]]) -> tuple[list[bytes], list[bytes | None]]:
+    """The union of half-open ranges, as sorted disjoint ``(lows, highs)``."""
+    lows: list[bytes] = []
+    highs: list[bytes | None] = []
+    for lo, hi in sorted(ranges, key=lambda r: r[0]):
+        if highs and (highs[-1] is None or lo <= highs[-1]):
+            if highs[-1] is not None and (hi is None or hi > highs[-1]):
+                highs[-1] = hi
+            continue
+        lows.append(lo)
+        highs.append(hi)
+    return lows, highs
+
+
+def _inside(lows: list[bytes], highs: list[bytes | None], key: bytes) -> bool:
+    i = bisect_right(lows, key) - 1
+    if i < 0:
+        return False
+    high = highs[i]
+    return high is None or key < high
+
+
+def _covered_before(masks: Iterable[Mask], table: str) -> int:
+    """The largest ``u`` such that the masks of ``table`` reaching at least row
+    ``u`` cover every key: rows of ``table`` before it hold nothing live (rule 7)."""
+    ranges: list[tuple[bytes, bytes | None]] = []
+    for mask in sorted((m for m in masks if m.table == table), key=lambda m: -m.upto):
+        ranges.append((mask.lo, mask.hi))
+        lows, highs = _union(ranges)
+        if lows == [b""] and highs == [None]:
+            return mask.upto
+    return 0
+
+
+class _Masking:
+    """Whether an entry of row ``i`` is masked, for rows read in ascending order."""
+
+    def __init__(self, masks: Iterable[Mask]) -> None:
+        self.masks = list(masks)
+        self.row = -1
+        self.active: dict[str, tuple[list[bytes], list[bytes | None]]] = {}
+
+    def at(self, row: int) -> None:
+        if row == self.row:
+            return
+        self.row = row
+        by_table: dict[str, list[tuple[bytes, bytes | None]]] = {}
+        for m in self.masks:
+            if m.upto > row:
+                by_table.setdefault(m.table, []).append((m.lo, m.hi))
+        self.active = {t: _union(r) for t, r in by_table.items()}
+
+    def masked(self, table: str, key: bytes) -> bool:
+        ranges = self.active.get(table)
+        return ranges is not None and _inside(ranges[0], ranges[1], key)
 
 
 @dataclass(frozen=True)
@@ -218,13 +330,47 @@ def _parse_tail(data: bytes) -> tuple[bytes, ...]:
     return tuple(out)
 
 
-def _merge_segments(segments: tuple[bytes, ...]) -> bytes:
-    """One segment holding what ``segments`` say, in order (a later entry wins)."""
+def _merge_segments(segments: tuple[bytes, ...]) -> tuple[bytes, frozenset[str]]:
+    """One segment holding what ``segments`` say, in order (a later entry wins),
+    and the tables it holds."""
     merged: dict[str, Pending] = {}
     for segment in segments:
         for table, tab in decode_segment(segment).items():
             merged.setdefault(table, {}).update(tab)
-    return encode_segment(merged)
+    return encode_segment(merged), frozenset(t for t, tab in merged.items() if tab)
+
+
+def _parse_v3(
+    meta: bytes,
+) -> tuple[int, int, int, bytes, bytes, tuple[Mask, ...], bytes]:
+    """(first, generation, segments, chain_start, chain, masks, tail bytes) of a
+    version-3 payload; IntegrityError when malformed."""
+    bad = IntegrityError("the root log's catalog entry is malformed")
+    try:
+        _v, generation, first, segments, chain_start, chain, count = _META3.unpack_from(meta)
+        pos = _META3.size
+        masks: list[Mask] = []
+        for _ in range(count):
+            name_len, lo_len, hi_len, upto = _MASK.unpack_from(meta, pos)
+            pos += _MASK.size
+            name = meta[pos : pos + name_len].decode("utf-8")
+            pos += name_len
+            lo = meta[pos : pos + lo_len]
+            pos += lo_len
+            hi: bytes | None = None
+            if hi_len != _NO_HIGH:
+                hi = meta[pos : pos + hi_len]
+                pos += hi_len
+            if pos > len(meta) or not name or not first < upto <= segments:
+                raise bad
+            if hi is not None and hi <= lo:
+                raise bad
+            masks.append(Mask(name, lo, hi, upto))
+    except (struct.error, UnicodeDecodeError):
+        raise bad from None
+    if first > segments or (first == segments and chain_start != chain):
+        raise bad
+    return first, generation, segments, chain_start, chain, tuple(masks), meta[pos:]
 
 
 class RootLog:
@@ -233,7 +379,8 @@ class RootLog:
     Its changes are kept in two layers, ``recent`` over ``base`` (table ->
     key -> value, ``None``: deleted), so that a commit copies the small
     recent layer and the whole log only when the recent layer outgrows an
-    eighth of it (and at least :data:`_RECENT_MAX` keys).
+    eighth of it (and at least :data:`_RECENT_MAX` keys).  Masked entries
+    (rule 6) are in neither: the layers hold what is live.
     """
 
     __slots__ = (
@@ -242,9 +389,13 @@ class RootLog:
         "base",
         "bound",
         "chain",
+        "chain_start",
+        "first",
         "generation",
+        "masks",
         "nbytes",
         "recent",
+        "rows",
         "segments",
         "tail",
     )
@@ -259,15 +410,27 @@ class RootLog:
         chain: bytes = _NO_CHAIN,
         nbytes: int = 0,
         tail: tuple[bytes, ...] = (),
+        first: int = 0,
+        chain_start: bytes = _NO_CHAIN,
+        masks: tuple[Mask, ...] = (),
+        rows: tuple[_Row, ...] | None = None,
     ) -> None:
         self.base: dict[str, Pending] = {t: tab for t, tab in (tables or {}).items() if tab}
         self.recent: dict[str, Pending] = {t: tab for t, tab in (recent or {}).items() if tab}
         self.generation = generation
+        #: the rows are ``first .. segments - 1`` of the generation (rule 7)
+        self.first = first
         self.segments = segments
+        #: the chain value before row ``first``, and after the last row
+        self.chain_start = chain_start
         self.chain = chain
+        #: the masked ranges (rule 6)
+        self.masks = masks
+        #: what is known of each row (None: not tracked; pieces then rewrite)
+        self.rows = rows if rows is not None or segments > first else ()
         #: the newest segments, carried in the catalog payload (rule 5)
         self.tail = tail
-        #: bytes of all segments, the tail's included
+        #: bytes of all segments, the tail's included (masked entries too)
         self.nbytes = nbytes
         #: at least the number of keys in the log (keys in both layers count twice)
         self.bound = sum(map(len, self.base.values())) + sum(map(len, self.recent.values()))
@@ -306,11 +469,34 @@ class RootLog:
 
     def meta(self) -> bytes:
         """The catalog payload; empty while nothing was ever logged."""
-        if self.generation == 0 and self.segments == 0 and not self.tail:
+        if self.first or self.masks:
+            parts = [
+                _META3.pack(
+                    _MASK_VERSION,
+                    self.generation,
+                    self.first,
+                    self.segments,
+                    self.chain_start,
+                    self.chain,
+                    len(self.masks),
+                )
+            ]
+            for m in self.masks:
+                name = m.table.encode("utf-8")
+                high = b"" if m.hi is None else m.hi
+                high_len = _NO_HIGH if m.hi is None else len(high)
+                parts += [
+                    _MASK.pack(len(name), len(m.lo), high_len, m.upto),
+                    name,
+                    m.lo,
+                    high,
+                ]
+        elif self.generation == 0 and self.segments == 0 and not self.tail:
             return b""
-        if not self.tail:
+        elif not self.tail:
             return _META.pack(_VERSION, self.generation, self.segments, self.chain)
-        parts = [_META.pack(_TAIL_VERSION, self.generation, self.segments, self.chain)]
+        else:
+            parts = [_META.pack(_TAIL_VERSION, self.generation, self.segments, self.chain)]
         for segment in self.tail:
             parts += [_TAIL_LEN.pack(len(segment)), segment]
         return b"".join(parts)
@@ -320,32 +506,51 @@ class RootLog:
         return sum(map(len, self.tail))
 
     def segment_keys(self) -> list[bytes]:
-        return [segment_key(self.generation, i) for i in range(self.segments)]
+        """The logical keys of the log's rows (``first`` to the last)."""
+        return [segment_key(self.generation, i) for i in range(self.first, self.segments)]
 
     @classmethod
     def load(cls, meta: bytes, read_row: Callable[[bytes], bytes | None]) -> RootLog:
         """The log a catalog payload names, its segments read with ``read_row``."""
         if not meta:
             return cls()
-        try:
-            version, generation, segments, chain = _META.unpack_from(meta)
-        except struct.error:
-            raise IntegrityError("the root log's catalog entry is malformed") from None
-        if version not in (_VERSION, _TAIL_VERSION):
-            raise IntegrityError("the root log has an unknown version")
-        tail = _parse_tail(meta[_META.size :]) if version == _TAIL_VERSION else ()
-        if version == _VERSION and len(meta) != _META.size:
-            raise IntegrityError("the root log's catalog entry is malformed")
+        version = meta[0]
+        first, chain_start = 0, _NO_CHAIN
+        masks: tuple[Mask, ...] = ()
+        if version == _MASK_VERSION:
+            first, generation, segments, chain_start, chain, masks, rest = _parse_v3(meta)
+            tail = _parse_tail(rest) if rest else ()
+        else:
+            try:
+                version, generation, segments, chain = _META.unpack_from(meta)
+            except struct.error:
+                raise IntegrityError("the root log's catalog entry is malformed") from None
+            if version not in (_VERSION, _TAIL_VERSION):
+                raise IntegrityError("the root log has an unknown version")
+            tail = _parse_tail(meta[_META.size :]) if version == _TAIL_VERSION else ()
+            if version == _VERSION and len(meta) != _META.size:
+                raise IntegrityError("the root log's catalog entry is malformed")
         tables: dict[str, Pending] = {}
-        running, nbytes = _NO_CHAIN, 0
-        for i in range(segments):
+        running, nbytes = chain_start, 0
+        masking = _Masking(masks)
+        rows: list[_Row] = []
+        for i in range(first, segments):
             segment = read_row(segment_key(generation, i))
             if segment is None:
                 raise IntegrityError(f"root log segment {i} is missing")
             running = _chain(running, segment)
             nbytes += len(segment)
-            for table, tab in decode_segment(segment).items():
-                tables.setdefault(table, {}).update(tab)
+            decoded = decode_segment(segment)
+            rows.append(_Row(len(segment), frozenset(decoded), running))
+            masking.at(i)
+            for table, tab in decoded.items():
+                live = tables.setdefault(table, {})
+                if table in masking.active:
+                    for key, value in tab.items():
+                        if not masking.masked(table, key):
+                            live[key] = value
+                else:
+                    live.update(tab)
         if not hmac.compare_digest(running, chain):
             raise IntegrityError("the root log's segments are not the ones its root names")
         for segment in tail:
@@ -359,7 +564,48 @@ class RootLog:
             chain=chain,
             nbytes=nbytes,
             tail=tail,
+            first=first,
+            chain_start=chain_start,
+            masks=masks,
+            rows=tuple(rows),
         )
+
+    def _next(
+        self,
+        base: Mapping[str, Pending],
+        recent: Mapping[str, Pending],
+        *,
+        segments: int | None = None,
+        chain: bytes | None = None,
+        nbytes: int | None = None,
+        tail: tuple[bytes, ...] | None = None,
+        first: int | None = None,
+        chain_start: bytes | None = None,
+        masks: tuple[Mask, ...] | None = None,
+        rows: tuple[_Row, ...] | None = None,
+    ) -> RootLog:
+        """This log's generation with the fields given changed."""
+        return RootLog(
+            base,
+            recent=recent,
+            generation=self.generation,
+            segments=self.segments if segments is None else segments,
+            chain=self.chain if chain is None else chain,
+            nbytes=self.nbytes if nbytes is None else nbytes,
+            tail=self.tail if tail is None else tail,
+            first=self.first if first is None else first,
+            chain_start=self.chain_start if chain_start is None else chain_start,
+            masks=self.masks if masks is None else masks,
+            rows=self.rows if rows is None else rows,
+        )
+
+    def _with_row(
+        self, row: bytes, tables: frozenset[str]
+    ) -> tuple[int, bytes, tuple[_Row, ...] | None]:
+        """(segments, chain, rows) once ``row`` is appended as the next row."""
+        chain = _chain(self.chain, row)
+        rows = None if self.rows is None else (*self.rows, _Row(len(row), tables, chain))
+        return self.segments + 1, chain, rows
 
     def appended(
         self, changes: Changes, segment: bytes | None = None, tail_bytes: int = 0
@@ -387,36 +633,91 @@ class RootLog:
             recent = {}
         old_tail = self.tail_bytes
         if old_tail + len(segment) <= tail_bytes:
-            log = RootLog(
-                base,
-                recent=recent,
-                generation=self.generation,
-                segments=self.segments,
-                chain=self.chain,
-                nbytes=self.nbytes + len(segment),
-                tail=(*self.tail, segment),
+            log = self._next(
+                base, recent, nbytes=self.nbytes + len(segment), tail=(*self.tail, segment)
             )
             return log, None, None
-        row = segment if not self.tail else _merge_segments((*self.tail, segment))
-        log = RootLog(
+        if not self.tail:
+            row, tables = segment, frozenset(t for t, tab in changes.items() if tab)
+        else:
+            row, tables = _merge_segments((*self.tail, segment))
+        segments, chain, rows = self._with_row(row, tables)
+        log = self._next(
             base,
-            recent=recent,
-            generation=self.generation,
-            segments=self.segments + 1,
-            chain=_chain(self.chain, row),
+            recent,
+            segments=segments,
+            chain=chain,
             nbytes=self.nbytes - old_tail + len(row),
+            tail=(),
+            rows=rows,
         )
         return log, segment_key(self.generation, self.segments), row
 
     def folded(self) -> RootLog:
         """The empty log of the next generation (after a fold)."""
-        return RootLog(generation=self.generation + 1)
+        return RootLog(generation=self.generation + 1, rows=())
+
+    def masked(self, piece: Piece) -> tuple[RootLog, tuple[bytes, bytes] | None, list[bytes]]:
+        """``(log, tail row, dropped rows)``: this log once ``piece`` is in the
+        trees (rules 6 and 7), as the same generation with its ranges masked.
+
+        The tail, if any, becomes a row first (its key and bytes: ``tail
+        row``, else None), so that the masks cover it; ``dropped`` are the
+        logical keys of the rows nothing live is left in, for the caller to
+        delete in the same batch.  REQUIRES: :meth:`can_mask`.
+        """
+        assert self.rows is not None
+        tables = dict(self.tables)
+        tab = dict(tables.get(piece.table, {}))
+        for key in piece.keys:
+            del tab[key]
+        if tab:
+            tables[piece.table] = tab
+        else:
+            tables.pop(piece.table, None)
+        segments, chain, rows = self.segments, self.chain, self.rows
+        flushed: tuple[bytes, bytes] | None = None
+        nbytes = self.nbytes
+        if self.tail:
+            row, row_tables = _merge_segments(self.tail)
+            flushed = (segment_key(self.generation, segments), row)
+            nbytes += len(row) - self.tail_bytes
+            segments, chain, new_rows = self._with_row(row, row_tables)
+            assert new_rows is not None
+            rows = new_rows
+        masks = (*self.masks, *(Mask(piece.table, lo, hi, segments) for lo, hi in piece.ranges))
+        # rule 7: drop the rows nothing live is left in, from the first on
+        covered = {t: _covered_before(masks, t) for t in {m.table for m in masks}}
+        first, chain_start, dropped = self.first, self.chain_start, []
+        while rows and all(first < covered.get(t, 0) for t in rows[0].tables):
+            dropped.append(segment_key(self.generation, first))
+            nbytes -= rows[0].size
+            chain_start = rows[0].chain
+            first, rows = first + 1, rows[1:]
+        masks = tuple(m for m in masks if m.upto > first)
+        log = self._next(
+            tables,
+            {},
+            segments=segments,
+            chain=chain,
+            nbytes=nbytes,
+            tail=(),
+            first=first,
+            chain_start=chain_start,
+            masks=masks,
+            rows=rows,
+        )
+        return log, flushed, dropped
+
+    def can_mask(self, piece: Piece) -> bool:
+        """Whether :meth:`masked` may take ``piece`` (else :meth:`without` must)."""
+        return self.rows is not None and len(self.masks) + len(piece.ranges) <= MAX_MASKS
 
     def without(
         self, piece: Mapping[str, Iterable[bytes]]
     ) -> tuple[RootLog, bytes | None, bytes | None]:
         """``(log, segment key, segment row)``: the next generation holding this
-        log's changes except the keys of ``piece`` (rule 6: a partial fold).
+        log's changes except the keys of ``piece`` (rule 7's rewrite).
 
         What is left is written as the new generation's first segment (key and
         row; None when nothing is left); the caller deletes this generation's
@@ -434,10 +735,16 @@ class RootLog:
                 left[table] = rest
         generation = self.generation + 1
         if not left:
-            return RootLog(generation=generation), None, None
+            return RootLog(generation=generation, rows=()), None, None
         row = encode_segment(left)
+        chain = _chain(_NO_CHAIN, row)
         log = RootLog(
-            left, generation=generation, segments=1, chain=_chain(_NO_CHAIN, row), nbytes=len(row)
+            left,
+            generation=generation,
+            segments=1,
+            chain=chain,
+            nbytes=len(row),
+            rows=(_Row(len(row), frozenset(left), chain),),
         )
         return log, segment_key(generation, 0), row
 

@@ -68,7 +68,7 @@ from ..ebs import EncryptedStore, Table, WriteBatch
 from ..errors import ClosedError, IntegrityError, PersistError
 from ..kvs import Snapshot
 from ..mux import StaleState
-from .rootlog import LOG_DESCRIPTOR, LogLimits, RootLog, fold_estimate
+from .rootlog import LOG_DESCRIPTOR, LogLimits, Piece, RootLog, fold_estimate
 
 __all__ = [
     "COUNT_PREFIX",
@@ -557,7 +557,7 @@ class TreeWaveStore:
 
     def _piece(
         self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]
-    ) -> dict[str, list[bytes]] | None:
+    ) -> Piece | None:
         """The key range of the log this commit folds (rootlog rule 6), or None
         to fold everything (a wave too large for the log, a cheap whole fold,
         piece folding off)."""
@@ -584,11 +584,21 @@ class TreeWaveStore:
         take = min(len(keys), max(wave_keys, 1, int(budget / per_key)))
         cursor = self._fold_cursor.get(name, b"")
         at = bisect_left(keys, cursor)
-        chosen = keys[at : at + take]
-        if len(chosen) < take:  # wrap around to the lowest keys
-            chosen += keys[: take - len(chosen)]
-        self._fold_cursor[name] = keys[(at + take) % len(keys)] if take < len(keys) else b""
-        return {name: chosen}
+        if take >= len(keys):
+            self._fold_cursor[name] = b""
+            return Piece(name, list(keys), ((b"", None),))
+        end = at + take
+        if end <= len(keys):  # [cursor, next key): exactly keys[at:end]
+            after = keys[end] if end < len(keys) else b""
+            self._fold_cursor[name] = after
+            return Piece(name, keys[at:end], ((cursor, after or None),))
+        # wrap around to the lowest keys: [cursor, end of keys) and [start, next key)
+        end -= len(keys)
+        self._fold_cursor[name] = keys[end]
+        ranges: tuple[tuple[bytes, bytes | None], ...] = ((cursor, None), (b"", keys[end]))
+        if not cursor:
+            ranges = ((b"", keys[end]),)
+        return Piece(name, keys[at:] + keys[:end], ranges)
 
     def _fold_due(self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> bool:
         """Whether folding the log with ``changes`` would rewrite ``fold_nodes`` nodes."""
@@ -623,13 +633,13 @@ class TreeWaveStore:
         self,
         state: _State,
         changes: Mapping[str, Mapping[bytes, bytes | None]],
-        piece: Mapping[str, list[bytes]] | None = None,
+        piece: Piece | None = None,
     ) -> None:
         """Apply the root log and ``changes`` to the trees; empty the log.
 
-        With ``piece``, apply only those keys of the log, and commit what is
-        left of it, then ``changes``, as the next generation's log (rootlog
-        rule 6)."""
+        With ``piece``, apply only those keys of the log and mask them in it
+        (rootlog rules 6 and 7; or, once the masks are many, rewrite what is
+        left as the next generation's log), then log ``changes`` after it."""
         roots = dict(state.trees.roots)
         batch = self.ebs.batch()
         updates: list[tuple[EbsNodeStore, TreeUpdate]] = []
@@ -640,8 +650,8 @@ class TreeWaveStore:
                 logged = pending.get(name)
                 pending[name] = {**logged, **tab} if logged else tab
         else:
-            logged_tables = state.log.tables
-            pending = {t: {k: logged_tables[t][k] for k in keys} for t, keys in piece.items()}
+            logged = state.log.tables[piece.table]
+            pending = {piece.table: {k: logged[k] for k in piece.keys}}
             for name in changes:
                 if name not in roots:  # a new table: an empty tree, its keys in the log
                     roots[name] = None
@@ -664,18 +674,27 @@ class TreeWaveStore:
                 index.store.add_to_batch(batch, cupdate)
                 updates.append((index.store, cupdate))
                 new_counts[name] = CountIndex(index.table, croot, self.cache)
-        for old_segment in state.log.segment_keys():
-            batch.delete_row(self._log_table, old_segment)
-        if piece is None:
-            log = state.log.folded()
+        rows: list[tuple[bytes | None, bytes | None]] = []
+        if piece is not None and state.log.can_mask(piece):
+            log, flushed, dropped = state.log.masked(piece)
+            for old_segment in dropped:
+                batch.delete_row(self._log_table, old_segment)
+            if flushed is not None:
+                rows.append(flushed)
         else:
-            log, *first = state.log.without(piece)
-            second: list[bytes | None] = [None, None]
-            if any(changes.values()):
-                log, *second = log.appended(changes, None, self.log_limits.tail_bytes)
-            for key, row in (first, second):
-                if key is not None and row is not None:
-                    batch.put_row(self._log_table, key, row, new=True)
+            for old_segment in state.log.segment_keys():
+                batch.delete_row(self._log_table, old_segment)
+            if piece is None:
+                log = state.log.folded()
+            else:
+                log, *first = state.log.without({piece.table: piece.keys})
+                rows.append((first[0], first[1]))
+        if piece is not None and any(changes.values()):
+            log, *second = log.appended(changes, None, self.log_limits.tail_bytes)
+            rows.append((second[0], second[1]))
+        for key, row in rows:
+            if key is not None and row is not None:
+                batch.put_row(self._log_table, key, row, new=True)
         catalog = self._catalog(roots, log, {**self._indexes, **new_counts})
         # Readers of the trees this fold replaces may still need the nodes it
         # deletes: pin the store as it is, before anything is deleted.
@@ -719,7 +738,7 @@ class TreeWaveStore:
         its next commit publishes and retires them.
         """
         state = self._state
-        if state.log.segments or state.log.tail:
+        if state.log.segments > state.log.first or state.log.tail:
             self._fold(state, {})
 
     # -- the format-v1 upgrade ---------------------------------------------------
@@ -803,7 +822,7 @@ class TreeWaveStore:
         """
         try:
             log = self._state.log
-            if (log.segments or log.tail) and self._writable():
+            if (log.segments > log.first or log.tail) and self._writable():
                 self.fold()
         finally:
             try:

@@ -66,6 +66,8 @@ _NODE_ID_SIZE = 32
 _LOG_META = struct.Struct(">BQI32s")
 #: 1: header only; 2: header and the tail (docs/format.md, "Root log")
 _LOG_VERSIONS = (1, 2)
+#: 3: a first row, the chain before it and masked ranges, then the tail
+_LOG_META3 = struct.Struct(">BQII32s32sH")
 _SEGMENT_KEY = struct.Struct(">QI")
 _CHAIN_PERSON = b"persist-log-v1"
 
@@ -96,11 +98,22 @@ def _tree_roots(root: RootRecord, prefix: str) -> dict[str, bytes]:
     return roots
 
 
-def _log_segments(root: RootRecord | None) -> tuple[int, int, bytes]:
-    """(generation, segments, chain) of the root log a root names."""
+def _log_segments(root: RootRecord | None) -> tuple[int, int, int, bytes, bytes]:
+    """(generation, first row, rows, chain before the first, chain) of the root
+    log a root names: its rows are ``first .. rows - 1``."""
     meta = b"" if root is None else root.catalog.get(LOG_DESCRIPTOR, b"")
     if not meta:
-        return 0, 0, bytes(32)
+        return 0, 0, 0, bytes(32), bytes(32)
+    if meta[0] == 3:
+        # Version 3 (rootlog rules 6 and 7): the rows before ``first`` were
+        # dropped; the masks and the tail after the header name no row.
+        try:
+            _v, generation, first, segments, start, chain, _n = _LOG_META3.unpack_from(meta)
+        except struct.error:
+            raise IntegrityError("the root log's catalog entry is malformed") from None
+        if first > segments:
+            raise IntegrityError("the root log's catalog entry is malformed")
+        return generation, first, segments, start, chain
     try:
         version, generation, segments, chain = _LOG_META.unpack_from(meta)
     except struct.error:
@@ -111,7 +124,7 @@ def _log_segments(root: RootRecord | None) -> tuple[int, int, bytes]:
     # (segments that ride in the root: authenticated with it, no rows to copy).
     if (len(meta) == _LOG_META.size) != (version == 1):
         raise IntegrityError("the root log's catalog entry is malformed")
-    return generation, segments, chain
+    return generation, 0, segments, bytes(32), chain
 
 
 class _Side:
@@ -255,12 +268,11 @@ def _diff_log(
     diff: Diff,
 ) -> None:
     table = ebs.table(LOG_DESCRIPTOR)
-    generation, segments, chain = _log_segments(new_root)
-    new_keys = {_SEGMENT_KEY.pack(generation, i) for i in range(segments)}
-    running = bytes(32)
-    old_generation, old_segments, _ = _log_segments(old_root)
-    old_keys = {_SEGMENT_KEY.pack(old_generation, i) for i in range(old_segments)}
-    for i in range(segments):
+    generation, first, segments, running, chain = _log_segments(new_root)
+    new_keys = {_SEGMENT_KEY.pack(generation, i) for i in range(first, segments)}
+    old_generation, old_first, old_segments, _, _ = _log_segments(old_root)
+    old_keys = {_SEGMENT_KEY.pack(old_generation, i) for i in range(old_first, old_segments)}
+    for i in range(first, segments):
         key = _SEGMENT_KEY.pack(generation, i)
         # Every segment is read (the chain covers them all); only new ones are written.
         value, rows = new.read_row(table, key)

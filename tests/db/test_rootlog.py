@@ -454,3 +454,149 @@ def test_a_due_log_is_folded_in_pieces(tmp_path: Path, monkeypatch: pytest.Monke
     assert max(whole_sizes) <= 100
     # the same total work, give or take: pieces keep the amortization of a fold
     assert sum(piece_folds) <= 2 * sum(whole_folds)
+
+
+def _log_rows_written(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Per commit of the tree store, the sizes of the log rows it wrote."""
+    from persist.ebs.store import WriteBatch
+
+    per_commit: list[list[int]] = []
+    real_commit, real_put = TreeWaveStore.commit_wave, WriteBatch.put_row
+
+    def commit(self: TreeWaveStore, *a: object, **k: object) -> None:
+        per_commit.append([])
+        real_commit(self, *a, **k)  # type: ignore[arg-type]
+
+    def put_row(self: WriteBatch, table: object, key: bytes, value: bytes, **k: object) -> None:
+        if getattr(table, "descriptor", None) == LOG_DESCRIPTOR.encode() and per_commit:
+            per_commit[-1].append(len(value))
+        real_put(self, table, key, value, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TreeWaveStore, "commit_wave", commit)
+    monkeypatch.setattr(WriteBatch, "put_row", put_row)
+    return per_commit
+
+
+def test_a_piece_masks_its_range_and_rewrites_none_of_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rules 6 and 7: a piece writes no copy of what is left of the log (only the
+    tail it turns into a row and the wave), the masks hide what it folded, a
+    reopened log reads the same, and rows nothing live is left in are deleted."""
+    written = _log_rows_written(monkeypatch)
+    pieces: list[int] = []  # the commits that folded a piece, by index in ``written``
+    real_fold = TreeWaveStore._fold
+
+    def fold(self: TreeWaveStore, state: object, changes: object, piece: object = None) -> None:
+        if piece is not None:
+            pieces.append(len(written) - 1)
+        real_fold(self, state, changes, piece)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TreeWaveStore, "_fold", fold)
+    location = str(tmp_path / "m.db")
+    limits = LogLimits(max_entries=2000, fold_nodes=128, tail_bytes=300, piece_nodes=8)
+    rng = random.Random(5)
+    model = {i: "tree" for i in range(3000)}
+    firsts, logs = [], []
+    with persist.open(location, "pw", root_log=limits, **WEAK) as db:  # type: ignore[arg-type]
+        t = db.table("t")
+        with db.atomic():
+            t.update(model)
+        db.commit_wait()
+        start = len(written)
+        for n in range(1500):
+            k = rng.randrange(6000)
+            t[k] = model[k] = f"v{n}" + "x" * 100
+            db.commit_wait()
+            log = db._trees._state.log
+            firsts.append(log.first)
+            logs.append(log)
+            if n % 97 == 0:  # what a reader opening now would read is what is in memory
+                ebs = db._trees.ebs
+                loaded = RootLog.load(log.meta(), ebs.table(LOG_DESCRIPTOR).read_row)
+                assert loaded.tables == log.tables
+                assert loaded.meta() == log.meta() and loaded.nbytes == log.nbytes
+        assert len(pieces) >= 20 and min(pieces) >= start  # pieces happened
+        biggest_log = max(log.nbytes for log in logs)
+        # a piece writes a flushed tail (<= tail_bytes, merged) and the wave's row,
+        # not what is left of the log
+        assert max(sum(written[i]) for i in pieces) <= 2 * 300 < biggest_log // 10
+        assert max(firsts) > 0  # rows were dropped (rule 7) ...
+        assert max(len(log.masks) for log in logs) < 64  # ... and masks with them
+        log = db._trees._state.log
+        ebs = db._trees.ebs
+        table = ebs.table(LOG_DESCRIPTOR)
+        for i in range(log.first):  # ... from the store too
+            assert table.read_row(log.generation.to_bytes(8, "big") + i.to_bytes(4, "big")) is None
+        assert dict(t.items()) == model
+        assert db.verify() == []
+    with persist.open(location, "pw", read_only=True, **WEAK) as db:  # type: ignore[arg-type]
+        assert dict(db.table("t").items()) == model
+
+
+def test_a_log_with_many_masks_is_rewritten_as_a_new_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 7's bound: once the masks would pass MAX_MASKS, a piece rewrites what
+    is live as the next generation (masks gone), and nothing is lost."""
+    import persist.db.rootlog as rootlog
+
+    monkeypatch.setattr(rootlog, "MAX_MASKS", 3)
+    limits = LogLimits(max_entries=400, fold_nodes=64, tail_bytes=0, piece_nodes=8)
+    rng = random.Random(9)
+    model = {i: "tree" for i in range(3000)}
+    generations, masks = set(), []
+    with persist.open(str(tmp_path / "g.db"), "pw", root_log=limits, **WEAK) as db:  # type: ignore[arg-type]
+        t = db.table("t")
+        with db.atomic():
+            t.update(model)
+        db.commit_wait()
+        for n in range(600):
+            k = rng.randrange(6000)
+            t[k] = model[k] = f"v{n}"
+            db.commit_wait()
+            log = db._trees._state.log
+            generations.add(log.generation)
+            masks.append(len(log.masks))
+        assert max(masks) <= 3 and max(masks) >= 1
+        assert len(generations) >= 5  # rewrites moved to new generations
+        assert dict(t.items()) == model and db.verify() == []
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["upto 0", "upto past the rows", "empty range", "first past the rows", "truncated", "chain"],
+)
+def test_a_malformed_version_3_catalog_entry_is_refused(damage: str) -> None:
+    """A version-3 payload that cannot be the writer's is an IntegrityError."""
+    from persist.db import rootlog
+
+    rows: dict[bytes, bytes] = {}
+    log = RootLog()
+    for i in range(4):
+        log, key, row = log.appended({"t": {b"k%d" % i: b"v"}})
+        rows[key] = row
+    piece = rootlog.Piece("t", [b"k0", b"k1"], ((b"", b"k2"),))
+    masked, flushed, dropped = log.masked(piece)
+    assert flushed is None and dropped == []  # one mask does not cover everything
+    assert RootLog.load(masked.meta(), rows.get).tables == {"t": {b"k2": b"v", b"k3": b"v"}}
+    header = rootlog._META3.unpack_from(masked.meta())
+    version, gen, first, segments, start, chain, count = header
+    mask = masked.meta()[rootlog._META3.size :]
+
+    def entry(first: int = first, segments: int = segments, chain: bytes = chain) -> bytes:
+        return rootlog._META3.pack(version, gen, first, segments, start, chain, count)
+
+    def one_mask(lo: bytes, hi: bytes, upto: int) -> bytes:
+        return rootlog._MASK.pack(1, len(lo), len(hi), upto) + b"t" + lo + hi
+
+    bad = {
+        "upto 0": entry() + one_mask(b"", b"k2", 0),
+        "upto past the rows": entry() + one_mask(b"", b"k2", 5),
+        "empty range": entry() + one_mask(b"k2", b"k2", 4),
+        "first past the rows": entry(first=5) + mask,
+        "truncated": entry() + mask[:-1],
+        "chain": entry(chain=bytes(32)) + mask,
+    }[damage]
+    with pytest.raises(IntegrityError):
+        RootLog.load(bad, rows.get)

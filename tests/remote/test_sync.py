@@ -107,6 +107,8 @@ def test_the_catalog_names_agree_with_the_db_layer() -> None:
     assert reach._SEGMENT_KEY.pack(7, 3) == rootlog.segment_key(7, 3)
     assert reach._LOG_META.format == rootlog._META.format
     assert reach._LOG_VERSIONS == (rootlog._VERSION, rootlog._TAIL_VERSION)
+    assert reach._LOG_META3.format == rootlog._META3.format
+    assert rootlog._MASK_VERSION == 3
 
 
 def test_the_log_catalog_entry_is_read_with_and_without_a_tail() -> None:
@@ -118,15 +120,21 @@ def test_the_log_catalog_entry_is_read_with_and_without_a_tail() -> None:
         def __init__(self, meta: bytes) -> None:
             self.catalog = {"log": meta}
 
+    zero = bytes(32)
     header = reach._LOG_META.pack(1, 4, 2, b"c" * 32)
-    assert reach._log_segments(Root(header)) == (4, 2, b"c" * 32)  # type: ignore[arg-type]
+    assert reach._log_segments(Root(header)) == (4, 0, 2, zero, b"c" * 32)  # type: ignore[arg-type]
     tail = reach._LOG_META.pack(2, 4, 2, b"c" * 32) + b"\0\0\0\3abc"
-    assert reach._log_segments(Root(tail)) == (4, 2, b"c" * 32)  # type: ignore[arg-type]
+    assert reach._log_segments(Root(tail)) == (4, 0, 2, zero, b"c" * 32)  # type: ignore[arg-type]
+    # version 3: rows 5..8 remain, the chain before row 5 is given
+    masked = reach._LOG_META3.pack(3, 4, 5, 9, b"s" * 32, b"c" * 32, 0)
+    assert reach._log_segments(Root(masked)) == (4, 5, 9, b"s" * 32, b"c" * 32)  # type: ignore[arg-type]
     for bad in (
         header + b"x",
         reach._LOG_META.pack(2, 4, 2, b"c" * 32),
         header[:-1],
-        reach._LOG_META.pack(3, 4, 2, b"c" * 32),
+        reach._LOG_META.pack(3, 4, 2, b"c" * 32),  # too short for version 3
+        reach._LOG_META3.pack(3, 4, 9, 5, b"s" * 32, b"c" * 32, 0),  # first after the last
+        reach._LOG_META.pack(4, 4, 2, b"c" * 32),
     ):
         with pytest.raises(IntegrityError):
             reach._log_segments(Root(bad))  # type: ignore[arg-type]

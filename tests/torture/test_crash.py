@@ -38,6 +38,8 @@ from .conftest import record, scale
 PW = "pw"
 #: A root log this small folds every few commits: kills land inside folds too.
 TINY_LOG = [48, 1 << 16, 32]
+#: a log folded in masked pieces (rootlog rules 6 and 7): small pieces, a small tail
+PIECE_LOG = [48, 1 << 16, 32, 256, 2]
 
 
 def _kill(pid: int) -> None:
@@ -135,7 +137,8 @@ def _kill_many(zygote: Zygote, make_location: Any, tmp_path: Path, kills: int, n
     total = transfers = 0
     started = time.monotonic()
     for n in range(0, kills, per_store):
-        extra = {"root_log": TINY_LOG} if n // per_store % 2 else {}
+        logs: list[dict[str, Any]] = [{}, {"root_log": TINY_LOG}, {"root_log": PIECE_LOG}]
+        extra = logs[n // per_store % 3]
         run = TransferRun(zygote, make_location(n), tmp_path / f"s{n}", seed + n, **extra)
         for _ in range(min(per_store, kills - n)):
             try:
