@@ -51,8 +51,10 @@ table, and the segments are deleted, in the same atomic batch.
    as a piece, and ``close()`` fold everything.
 7. **Dropping rows.**  Once the masks of every table a segment row holds
    cover the whole key space for that row (a cursor went once around),
-   nothing in the row is live: the piece deletes it, and the rows before
-   it, in its batch, and the log's first row moves past them; the payload
+   nothing in the row is live: the commits that follow delete it, and the
+   rows before it, at most :data:`DROP_ROWS` per commit (so that a cursor's
+   round does not end in one commit deleting a thousand rows), and the
+   log's first row moves past them; the payload
    carries the chain value before its first row (``chain_start``) so the
    chain is still checked over every row that remains.  Masks that cover
    no remaining row are dropped.  Should the masks reach
@@ -112,6 +114,8 @@ _MASK = struct.Struct(">HHHI")
 _NO_HIGH = 0xFFFF
 #: masks a log may carry before a piece rewrites the live log instead (rule 7)
 MAX_MASKS = 64
+#: rows nothing live is left in that one commit deletes at most (rule 7)
+DROP_ROWS = 8
 _TAIL_LEN = struct.Struct(">I")
 _SEGMENT_KEY = struct.Struct(">QI")
 _ENTRY = struct.Struct(">HHI")
@@ -384,6 +388,7 @@ class RootLog:
     """
 
     __slots__ = (
+        "_covered",
         "_merged",
         "_sorted",
         "base",
@@ -436,6 +441,8 @@ class RootLog:
         self.bound = sum(map(len, self.base.values())) + sum(map(len, self.recent.values()))
         self._merged: dict[str, Pending] | None = None
         self._sorted: dict[str, tuple[list[bytes], list[bytes | None]]] = {}
+        #: per table of the masks, the rows before which they cover every key
+        self._covered: dict[str, int] | None = None
 
     @property
     def tables(self) -> dict[str, Pending]:
@@ -585,7 +592,7 @@ class RootLog:
         rows: tuple[_Row, ...] | None = None,
     ) -> RootLog:
         """This log's generation with the fields given changed."""
-        return RootLog(
+        log = RootLog(
             base,
             recent=recent,
             generation=self.generation,
@@ -598,6 +605,9 @@ class RootLog:
             masks=self.masks if masks is None else masks,
             rows=self.rows if rows is None else rows,
         )
+        if masks is None:
+            log._covered = self._covered
+        return log
 
     def _with_row(
         self, row: bytes, tables: frozenset[str]
@@ -686,15 +696,6 @@ class RootLog:
             assert new_rows is not None
             rows = new_rows
         masks = (*self.masks, *(Mask(piece.table, lo, hi, segments) for lo, hi in piece.ranges))
-        # rule 7: drop the rows nothing live is left in, from the first on
-        covered = {t: _covered_before(masks, t) for t in {m.table for m in masks}}
-        first, chain_start, dropped = self.first, self.chain_start, []
-        while rows and all(first < covered.get(t, 0) for t in rows[0].tables):
-            dropped.append(segment_key(self.generation, first))
-            nbytes -= rows[0].size
-            chain_start = rows[0].chain
-            first, rows = first + 1, rows[1:]
-        masks = tuple(m for m in masks if m.upto > first)
         log = self._next(
             tables,
             {},
@@ -702,12 +703,44 @@ class RootLog:
             chain=chain,
             nbytes=nbytes,
             tail=(),
-            first=first,
-            chain_start=chain_start,
             masks=masks,
             rows=rows,
         )
+        log, dropped = log.dropping()
         return log, flushed, dropped
+
+    def dropping(self, limit: int = DROP_ROWS) -> tuple[RootLog, list[bytes]]:
+        """``(log, dropped)``: this log without its first rows that nothing live
+        is left in (rule 7), at most ``limit`` of them, and their logical keys,
+        for the caller to delete in its batch."""
+        rows = self.rows
+        if not self.masks or not rows:
+            return self, []
+        covered = self._covered
+        if covered is None:
+            covered = {t: _covered_before(self.masks, t) for t in {m.table for m in self.masks}}
+            self._covered = covered
+        first, n = self.first, 0
+        while n < min(limit, len(rows)) and all(
+            first + n < covered.get(t, 0) for t in rows[n].tables
+        ):
+            n += 1
+        if not n:
+            return self, []
+        first += n
+        masks = tuple(m for m in self.masks if m.upto > first)
+        log = self._next(
+            self.base,
+            self.recent,
+            nbytes=self.nbytes - sum(r.size for r in rows[:n]),
+            first=first,
+            chain_start=rows[n - 1].chain,
+            masks=masks,
+            rows=rows[n:],
+        )
+        if len(masks) == len(self.masks):
+            log._covered = covered
+        return log, [segment_key(self.generation, i) for i in range(first - n, first)]
 
     def can_mask(self, piece: Piece) -> bool:
         """Whether :meth:`masked` may take ``piece`` (else :meth:`without` must)."""

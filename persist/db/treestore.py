@@ -623,7 +623,10 @@ class TreeWaveStore:
             tree_set._counts.update(old_set._counts)
             self._superseded.append(old_set)
         log, key, row = state.log.appended(changes, segment, self.log_limits.tail_bytes)
+        log, dropped = log.dropping()  # rows an earlier piece left nothing live in
         batch = self.ebs.batch()
+        for old_segment in dropped:
+            batch.delete_row(self._log_table, old_segment)
         if key is not None and row is not None:  # else the segment rides in the root
             batch.put_row(self._log_table, key, row, new=True)  # a fresh key per segment
         self.ebs.commit(batch, self._catalog(tree_set.roots, log))

@@ -457,7 +457,8 @@ def test_a_due_log_is_folded_in_pieces(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def _log_rows_written(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
-    """Per commit of the tree store, the sizes of the log rows it wrote."""
+    """Per commit of the tree store, the sizes of the log rows it wrote (-1: a row
+    it deleted)."""
     from persist.ebs.store import WriteBatch
 
     per_commit: list[list[int]] = []
@@ -472,8 +473,16 @@ def _log_rows_written(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
             per_commit[-1].append(len(value))
         real_put(self, table, key, value, **k)  # type: ignore[arg-type]
 
+    real_delete = WriteBatch.delete_row
+
+    def delete_row(self: WriteBatch, table: object, key: bytes, **k: object) -> None:
+        if getattr(table, "descriptor", None) == LOG_DESCRIPTOR.encode() and per_commit:
+            per_commit[-1].append(-1)  # a deleted row
+        real_delete(self, table, key, **k)  # type: ignore[arg-type]
+
     monkeypatch.setattr(TreeWaveStore, "commit_wave", commit)
     monkeypatch.setattr(WriteBatch, "put_row", put_row)
+    monkeypatch.setattr(WriteBatch, "delete_row", delete_row)
     return per_commit
 
 
@@ -483,6 +492,8 @@ def test_a_piece_masks_its_range_and_rewrites_none_of_the_log(
     """Rules 6 and 7: a piece writes no copy of what is left of the log (only the
     tail it turns into a row and the wave), the masks hide what it folded, a
     reopened log reads the same, and rows nothing live is left in are deleted."""
+    from persist.db import rootlog
+
     written = _log_rows_written(monkeypatch)
     pieces: list[int] = []  # the commits that folded a piece, by index in ``written``
     real_fold = TreeWaveStore._fold
@@ -520,7 +531,12 @@ def test_a_piece_masks_its_range_and_rewrites_none_of_the_log(
         biggest_log = max(log.nbytes for log in logs)
         # a piece writes a flushed tail (<= tail_bytes, merged) and the wave's row,
         # not what is left of the log
-        assert max(sum(written[i]) for i in pieces) <= 2 * 300 < biggest_log // 10
+        assert max(sum(max(n, 0) for n in written[i]) for i in pieces) <= 600
+        assert biggest_log // 10 > 600
+        # rule 7: dead rows go a few per commit, pieces and plain log commits alike
+        deletes = [w.count(-1) for w in written[start:]]
+        assert sum(deletes) >= max(firsts) and max(deletes) <= rootlog.DROP_ROWS
+        assert sum(d for i, d in enumerate(deletes) if i + start not in pieces) > 0
         assert max(firsts) > 0  # rows were dropped (rule 7) ...
         assert max(len(log.masks) for log in logs) < 64  # ... and masks with them
         log = db._trees._state.log
