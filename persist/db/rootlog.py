@@ -196,13 +196,14 @@ class _Masking:
 
     def __init__(self, masks: Iterable[Mask]) -> None:
         self.masks = list(masks)
-        self.row = -1
+        #: the row at which the active masks change next (one stops applying)
+        self.change = 0
         self.active: dict[str, tuple[list[bytes], list[bytes | None]]] = {}
 
     def at(self, row: int) -> None:
-        if row == self.row:
+        if row < self.change:
             return
-        self.row = row
+        self.change = min((m.upto for m in self.masks if m.upto > row), default=1 << 32)
         by_table: dict[str, list[tuple[bytes, bytes | None]]] = {}
         for m in self.masks:
             if m.upto > row:
