@@ -193,6 +193,8 @@ class Ledger:
                     update.counts[nid] = after
             elif after != before and (after > 1 or before > 1):
                 update.counts[nid] = after
+                if before > 1:
+                    update.counted_before.add(nid)
         return update
 
 

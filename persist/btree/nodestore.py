@@ -134,6 +134,10 @@ class TreeUpdate:
     counted_deletes: set[NodeId] = field(default_factory=set)
     #: Blob -> its new count (0: freed), for every blob whose count changed.
     blobs: dict[NodeId, int] = field(default_factory=dict)
+    #: The subset of ``counts`` that had a count row before (committed count
+    #: above 1), so that :meth:`then` can tell whether an object this update
+    #: recounts and a later one deletes has a committed count row.
+    counted_before: set[NodeId] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.puts or self.counts or self.deletes)
@@ -149,6 +153,7 @@ class TreeUpdate:
         counts = dict(self.counts)
         deletes = set(self.deletes)
         counted = set(self.counted_deletes)
+        before = set(self.counted_before)
         blobs = {**self.blobs, **later.blobs}
         for nid in later.deletes:
             if nid in puts:
@@ -157,17 +162,29 @@ class TreeUpdate:
                 blobs.pop(nid, None)  # never committed: nothing to count
             else:
                 deletes.add(nid)
+                # Whether the committed object has a count row: ``later`` saw
+                # the count ``self`` left, so when ``self`` recounted the object
+                # only ``self`` knows what was committed.
+                had_row = (
+                    nid in self.counted_before
+                    if nid in self.counts
+                    else nid in later.counted_deletes
+                )
                 counts.pop(nid, None)
-                if nid in later.counted_deletes or nid in self.counts:
+                if had_row:
                     counted.add(nid)
         for nid, data in later.puts.items():
             if nid in deletes:
                 # Freed by self, recreated by later: the committed object and
                 # its count row still exist, so the count must be restated.
                 deletes.discard(nid)
-                counted.discard(nid)
                 counts[nid] = later.counts.get(nid, 1)
+                if nid in counted:
+                    before.add(nid)
+                counted.discard(nid)
             puts[nid] = data
         for nid, count in later.counts.items():
+            if nid not in counts and nid in later.counted_before:
+                before.add(nid)  # untouched by self: later saw the committed count
             counts[nid] = count
-        return TreeUpdate(puts, counts, deletes, counted & deletes, blobs)
+        return TreeUpdate(puts, counts, deletes, counted & deletes, blobs, before & set(counts))
