@@ -148,6 +148,10 @@ class Piece(NamedTuple):
     ranges: tuple[tuple[bytes, bytes | None], ...]
 
 
+#: keys added to a log since its hint's sorted keys: (keys, the earlier ones)
+_Added = tuple[tuple[bytes, ...], "_Added"] | None
+
+
 class _Row(NamedTuple):
     """What a reader keeps of one segment row: its size, the tables it holds,
     and the chain value after it."""
@@ -390,6 +394,7 @@ class RootLog:
 
     __slots__ = (
         "_covered",
+        "_hint",
         "_merged",
         "_sorted",
         "base",
@@ -442,6 +447,9 @@ class RootLog:
         self.bound = sum(map(len, self.base.values())) + sum(map(len, self.recent.values()))
         self._merged: dict[str, Pending] | None = None
         self._sorted: dict[str, tuple[list[bytes], list[bytes | None]]] = {}
+        #: per table, an earlier log's sorted keys and the keys added since
+        #: (a linked list of tuples), so that the sort is a merge (see sorted_changes)
+        self._hint: dict[str, tuple[list[bytes], _Added]] = {}
         #: per table of the masks, the rows before which they cover every key
         self._covered: dict[str, int] | None = None
 
@@ -618,6 +626,27 @@ class RootLog:
         rows = None if self.rows is None else (*self.rows, _Row(len(row), tables, chain))
         return self.segments + 1, chain, rows
 
+    def _carried_hints(self, skip: str | None = None) -> dict[str, tuple[list[bytes], _Added]]:
+        """The sort hints of this log's tables for a log with the same keys
+        (but ``skip``'s)."""
+        hints = {t: h for t, h in self._hint.items() if t != skip}
+        for table, (keys, _values) in list(self._sorted.items()):
+            if table != skip:
+                hints[table] = (keys, None)
+        return hints
+
+    def _hints_after(self, changes: Changes) -> dict[str, tuple[list[bytes], _Added]]:
+        """The sort hints of this log plus ``changes`` (keys are only added)."""
+        hints = self._carried_hints()
+        for table, tab in changes.items():
+            hint = hints.get(table)
+            if hint is None or not tab:
+                continue
+            new = tuple(k for k in tab if not self.lookup(table, k)[0])
+            if new:
+                hints[table] = (hint[0], (new, hint[1]))
+        return hints
+
     def appended(
         self, changes: Changes, segment: bytes | None = None, tail_bytes: int = 0
     ) -> tuple[RootLog, bytes | None, bytes | None]:
@@ -647,6 +676,7 @@ class RootLog:
             log = self._next(
                 base, recent, nbytes=self.nbytes + len(segment), tail=(*self.tail, segment)
             )
+            log._hint = self._hints_after(changes)
             return log, None, None
         if not self.tail:
             row, tables = segment, frozenset(t for t, tab in changes.items() if tab)
@@ -662,6 +692,7 @@ class RootLog:
             tail=(),
             rows=rows,
         )
+        log._hint = self._hints_after(changes)
         return log, segment_key(self.generation, self.segments), row
 
     def folded(self) -> RootLog:
@@ -707,6 +738,10 @@ class RootLog:
             masks=masks,
             rows=rows,
         )
+        log._hint = self._carried_hints(skip=piece.table)
+        if tab:  # the piece's table: its sorted keys (built to choose the piece) less the piece
+            keys = self.sorted_changes(piece.table)[0]
+            log._hint[piece.table] = ([k for k in keys if k in tab], None)
         log, dropped = log.dropping()
         return log, flushed, dropped
 
@@ -741,6 +776,7 @@ class RootLog:
         )
         if len(masks) == len(self.masks):
             log._covered = covered
+        log._sorted, log._hint = self._sorted, self._hint  # the same live keys
         return log, [segment_key(self.generation, i) for i in range(first - n, first)]
 
     def can_mask(self, piece: Piece) -> bool:
@@ -804,7 +840,18 @@ class RootLog:
         index = self._sorted.get(table)
         if index is None:  # a benign race: two readers may both build it
             tab = self.tables.get(table, {})
-            keys = sorted(tab)
+            hint = self._hint.get(table)
+            if hint is None:
+                keys = sorted(tab)
+            else:
+                # An earlier log's sorted keys plus the keys added since: one
+                # long sorted run and a short tail, which timsort merges in
+                # about linear time instead of sorting the whole log again.
+                keys, added = list(hint[0]), hint[1]
+                while added is not None:
+                    keys += added[0]
+                    added = added[1]
+                keys.sort()
             index = self._sorted[table] = (keys, [tab[k] for k in keys])
         return index
 

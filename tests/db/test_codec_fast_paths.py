@@ -174,10 +174,12 @@ def test_decode_equals_cbor2(data: bytes) -> None:
     | st.lists(encoded, max_size=6)
     | st.lists(st.sampled_from([b"\x78\x01\xff", b"\x61\xc3", b"\x58\x01a", b"\x41"]), max_size=4)
 )
+@example([b"\xf9\x7c\x01"])  # a half-float NaN: not equal to itself
 def test_decode_many_equals_decode_per_value(run: list[bytes]) -> None:
     want = [general_decode(d) for d in run]
     if all(ok == "ok" for ok, _ in want):
-        assert codec.decode_many(run) == [v for _, v in want]
+        got, expected = codec.decode_many(run), [v for _, v in want]
+        assert got == expected or repr(got) == repr(expected)
     else:
         with pytest.raises(IntegrityError):
             codec.decode_many(run)

@@ -616,3 +616,40 @@ def test_a_malformed_version_3_catalog_entry_is_refused(damage: str) -> None:
     }[damage]
     with pytest.raises(IntegrityError):
         RootLog.load(bad, rows.get)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("append"), changes_st),
+            st.tuples(st.just("piece"), st.integers(0, 5), st.integers(1, 6)),
+            st.tuples(st.just("sort"), st.sampled_from(["t", "accounts", "ünïcode"])),
+        ),
+        max_size=40,
+    )
+)
+def test_the_sorted_keys_a_log_hands_on_are_its_keys_sorted(steps: list) -> None:  # type: ignore[type-arg]
+    """The sort hints (an earlier log's sorted keys plus the keys added since)
+    give exactly ``sorted(tables)``, through appends, masked pieces and reads."""
+    from persist.db import rootlog
+
+    log = RootLog()
+    for step in steps:
+        if step[0] == "append":
+            log, _, _ = log.appended(step[1], tail_bytes=64)
+        elif step[0] == "sort":  # a reader's scan: the keys sorted once, for later hints
+            tab = log.tables.get(step[1], {})
+            assert log.sorted_changes(step[1])[0] == sorted(tab)
+        elif log.tables:
+            table = sorted(log.tables)[step[1] % len(log.tables)]
+            keys = log.sorted_changes(table)[0]
+            at, take = step[1] % len(keys), min(step[2], len(keys))
+            chosen = keys[at : at + take]
+            high = keys[at + take] if at + take < len(keys) else None
+            piece = rootlog.Piece(table, chosen, ((keys[at], high),))
+            if log.can_mask(piece):
+                log, _, _ = log.masked(piece)
+    for table in ("t", "accounts", "ünïcode"):
+        tab = log.tables.get(table, {})
+        keys, values = log.sorted_changes(table)
+        assert keys == sorted(tab) and values == [tab[k] for k in keys]
