@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from ..errors import IntegrityError
 from .node import Blob, Internal, Leaf, Node, decode_node
@@ -96,6 +97,14 @@ class NodeCache:
             self._nodes.move_to_end(nid)
             while len(self._nodes) > self.max_nodes:
                 self._nodes.popitem(last=False)
+
+    def discard(self, nids: Iterable[NodeId]) -> None:
+        """Forget ``nids`` (nodes a commit deleted: nothing new will read them,
+        and a reader of an older state reads them from the state it pinned)."""
+        with self._lock:
+            pop = self._nodes.pop
+            for nid in nids:
+                pop(nid, None)
 
     def clear(self) -> None:
         """Forget every node."""

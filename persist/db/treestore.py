@@ -710,6 +710,9 @@ class TreeWaveStore:
             raise
         for ns, update in updates:
             ns.committed(update)
+            # The nodes the fold replaced: dead from the new root on; a cache full
+            # of them was most of the memory a fold of large waves left behind.
+            self.cache.discard(update.deletes)
         with self._lock:
             for name, index in new_counts.items():
                 self._indexes[name] = index

@@ -40,3 +40,35 @@ def test_checker_over_the_encrypted_node_store() -> None:
     with ebs.pin() as snap:
         problems = verify_database(ebs, snap)
     assert [(p.kind, p.storage_key) for p in problems] == [("orphan", nid.hex())]
+
+
+def test_a_commit_drops_the_nodes_it_deleted_from_the_node_cache() -> None:
+    """The nodes a fold replaced are dead from the new root on: the node cache
+    forgets them (it filled with them before, and that was most of the memory
+    a writer of large waves kept), while a reader of the old state still reads
+    them from the state it pinned."""
+    from persist.db import treestore
+
+    ebs = EncryptedStore.create(
+        MemoryStore(), "pw", kdf=KdfParams.weak_for_tests(), allow_weak_kdf=True, freshness=False
+    )
+    trees = TreeWaveStore(ebs, log_limits=LogLimits(0, 0))
+    keys = [os.urandom(8) for _ in range(3000)]
+    trees.commit_wave(1, {"t": dict.fromkeys(keys, b"one")})
+    old = trees.state()
+    deleted: set[bytes] = set()
+    real = treestore.EbsNodeStore.committed
+
+    def committed(self: treestore.EbsNodeStore, update: treestore.TreeUpdate) -> None:
+        deleted.update(update.deletes)
+        real(self, update)
+
+    treestore.EbsNodeStore.committed = committed  # type: ignore[method-assign]
+    try:
+        trees.commit_wave(2, {"t": dict.fromkeys(keys, b"two")})  # every leaf rewritten
+    finally:
+        treestore.EbsNodeStore.committed = real  # type: ignore[method-assign]
+    assert len(deleted) > 100
+    assert not deleted & set(trees.cache._nodes)
+    assert trees.get("t", keys[0]) == b"two"
+    assert old.get("t", keys[0]) == b"one"  # from its pin, not the cache
