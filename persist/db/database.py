@@ -46,7 +46,7 @@ from .rekey import TreesRekeyer
 from .replication import ReplicaStatus, Replicator
 from .rootlog import LogLimits
 from .table import Table
-from .treestore import TreeWaveStore
+from .treestore import DEFAULT_CACHE_BYTES, TreeWaveStore
 from .values import RecordRegistry, ValueCodec, decode_stored, records
 from .verify import Issue, Progress, verify_database
 
@@ -73,6 +73,7 @@ def open(
     config: MuxConfig | None = None,
     durable: bool = True,
     cache_nodes: int = 50_000,
+    cache_bytes: int | None = DEFAULT_CACHE_BYTES,
     registry: RecordRegistry | None = None,
     root_log: LogLimits | None = None,
     replace: bool = False,
@@ -90,6 +91,8 @@ def open(
     record carries before they are folded into the trees (docs/design.md,
     "The committed state").  ``registry`` holds the record types
     (default: the process-wide one that ``@persist.record`` fills).
+    ``cache_nodes`` and ``cache_bytes`` bound the decoded-node cache, in
+    nodes and in estimated memory (None: no byte bound).
     ``replace``: an empty store where the freshness record saw a database is
     a rollback (RollbackDetected); ``replace=True`` makes a new one there.
     ``replicas``: target locations that committed waves are pushed to, off
@@ -152,6 +155,7 @@ def open(
             read_only=read_only,
             config=config,
             cache_nodes=cache_nodes,
+            cache_bytes=cache_bytes,
             root_log=root_log,
             registry=registry if registry is not None else records,
         )
@@ -269,6 +273,7 @@ class Database:
         read_only: bool = False,
         config: MuxConfig | None = None,
         cache_nodes: int = 50_000,
+        cache_bytes: int | None = DEFAULT_CACHE_BYTES,
         registry: RecordRegistry = records,
         root_log: LogLimits | None = None,
     ) -> None:
@@ -276,7 +281,11 @@ class Database:
         self.read_only = read_only
         self._ebs = ebs
         self._trees = TreeWaveStore(
-            ebs, cache_nodes=cache_nodes, log_limits=root_log, writable=not read_only
+            ebs,
+            cache_nodes=cache_nodes,
+            cache_bytes=cache_bytes,
+            log_limits=root_log,
+            writable=not read_only,
         )
         self._mux: Multiplexer | None = None
         if not read_only:

@@ -73,6 +73,7 @@ from .rootlog import LOG_DESCRIPTOR, LogLimits, Piece, RootLog, fold_estimate
 __all__ = [
     "COUNT_PREFIX",
     "COUNT_TABLE_PREFIX",
+    "DEFAULT_CACHE_BYTES",
     "TABLE_PREFIX",
     "CountIndex",
     "EbsNodeStore",
@@ -87,6 +88,10 @@ COUNT_TABLE_PREFIX = "count:"
 #: Format v1 only: the logical key prefix of a count row (deleted by the upgrade).
 COUNT_PREFIX = b"rc"
 _COUNT_SIZE = 8
+#: The node cache's default bound in estimated memory: 256 MiB.  With pairs of
+#: about 100 bytes a leaf takes some 3 KB, so the default 50,000 nodes bind
+#: first; with larger values this bound does.
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 _FACTS_MAX = 200_000  # nodes whose count and size the writer remembers (about 30 MB)
 
 
@@ -444,11 +449,12 @@ class TreeWaveStore:
         ebs: EncryptedStore,
         *,
         cache_nodes: int = 50_000,
+        cache_bytes: int | None = DEFAULT_CACHE_BYTES,
         log_limits: LogLimits | None = None,
         writable: bool = True,
     ) -> None:
         self.ebs = ebs
-        self.cache = NodeCache(cache_nodes)
+        self.cache = NodeCache(cache_nodes, cache_bytes)
         self.log_limits = log_limits if log_limits is not None else LogLimits()
         self.writable = writable
         self._lock = threading.Lock()  # guards _stores and _indexes (created lazily)

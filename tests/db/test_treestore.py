@@ -72,3 +72,25 @@ def test_a_commit_drops_the_nodes_it_deleted_from_the_node_cache() -> None:
     assert not deleted & set(trees.cache._nodes)
     assert trees.get("t", keys[0]) == b"two"
     assert old.get("t", keys[0]) == b"one"  # from its pin, not the cache
+
+
+def test_cache_bytes_bounds_the_node_cache_of_a_database(tmp_path: object) -> None:
+    """``persist.open(cache_bytes=...)``: reads and folds keep the cache's
+    estimated memory within the bound; reads stay right past it."""
+    import persist
+
+    with persist.open(
+        str(tmp_path) + "/c.db",  # type: ignore[operator]
+        "pw",
+        kdf=KdfParams.weak_for_tests(),
+        allow_weak_kdf=True,
+        freshness=False,
+        cache_bytes=200_000,
+    ) as db:
+        t = db.table("t")
+        with db.atomic():
+            t.update({i: "v" * 100 for i in range(20_000)})  # past the root log: the trees
+        db.commit_wait()
+        assert sum(1 for _ in t.items()) == 20_000 and t[4321] == "v" * 100
+        cache = db._trees.cache
+        assert 0 < cache.bytes <= 200_000 and len(cache) < 200
