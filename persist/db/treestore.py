@@ -57,6 +57,7 @@ from ..btree import (
     NodeCache,
     NodeId,
     NodeReader,
+    PendingNodeStore,
     Tree,
     TreeUpdate,
     apply_batch,
@@ -93,6 +94,10 @@ _COUNT_SIZE = 8
 #: first; with larger values this bound does.
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 _FACTS_MAX = 200_000  # nodes whose count and size the writer remembers (about 30 MB)
+#: Keys of a fold into an existing tree applied per batch: a larger fold is
+#: applied as a chain of batches (``TreeUpdate.then``) committed as one, so that
+#: the old nodes each batch opens are let go before the next (docs/design.md).
+_FOLD_CHUNK = 4096
 
 
 def descriptor(name: str) -> str:
@@ -606,6 +611,27 @@ class TreeWaveStore:
             ranges = ((b"", keys[end]),)
         return Piece(name, keys[at:] + keys[:end], ranges)
 
+    def _apply(
+        self, ns: EbsNodeStore, root: NodeId | None, tab: Mapping[bytes, bytes | None]
+    ) -> tuple[NodeId | None, TreeUpdate]:
+        """``apply_batch`` of ``tab`` to the tree ``root``; a large change of an
+        existing tree as a chain of batches of :data:`_FOLD_CHUNK` keys."""
+        if root is None or len(tab) <= 2 * _FOLD_CHUNK:
+            return apply_batch(ns, root, tab, cache=self.cache)
+        keys = sorted(tab)
+        combined: TreeUpdate | None = None
+        made: set[NodeId] = set()
+        for at in range(0, len(keys), _FOLD_CHUNK):
+            chunk = {k: tab[k] for k in keys[at : at + _FOLD_CHUNK]}
+            source = ns if combined is None else PendingNodeStore(ns, combined)
+            root, update = apply_batch(source, root, chunk, cache=self.cache)
+            made.update(update.puts)
+            combined = update if combined is None else combined.then(update)
+        assert combined is not None
+        # nodes one batch made and a later one replaced: never written, never read
+        self.cache.discard(made.difference(combined.puts))
+        return root, combined
+
     def _fold_due(self, state: _State, changes: Mapping[str, Mapping[bytes, bytes | None]]) -> bool:
         """Whether folding the log with ``changes`` would rewrite ``fold_nodes`` nodes."""
         log = state.log
@@ -670,7 +696,7 @@ class TreeWaveStore:
             tab = _foldable(name, tab)
             old = roots.get(name)
             ns = self._store(name, empty=old is None)
-            root, update = apply_batch(ns, old, tab, cache=self.cache)
+            root, update = self._apply(ns, old, tab)
             ns.add_to_batch(batch, update)
             updates.append((ns, update))
             roots[name] = root

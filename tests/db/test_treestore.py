@@ -94,3 +94,57 @@ def test_cache_bytes_bounds_the_node_cache_of_a_database(tmp_path: object) -> No
         assert sum(1 for _ in t.items()) == 20_000 and t[4321] == "v" * 100
         cache = db._trees.cache
         assert 0 < cache.bytes <= 200_000 and len(cache) < 200
+
+
+def test_a_large_fold_into_a_tree_is_a_chain_of_batches_committed_as_one(
+    tmp_path: object,
+) -> None:
+    """A wave far larger than ``_FOLD_CHUNK`` keys into an existing tree is applied
+    as a chain of batches: the same content, verified counts (shared blobs whose
+    count changes in several batches of the chain, freed ones, recounted ones),
+    and the same after reopening."""
+    import random
+
+    import persist
+    from persist.db import treestore
+
+    assert treestore._FOLD_CHUNK * 2 < 12_000
+    calls: list[int] = []
+    real = treestore.apply_batch
+
+    def counting(*a: object, **k: object) -> object:
+        calls.append(1)
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    rng = random.Random(11)
+    blobs = [bytes([65 + i]) * 400 for i in range(4)]  # shared by keys all over the range
+    model = {i: (blobs[i % 4] if i % 3 == 0 else f"v{i}".encode()) for i in range(20_000)}
+    opts = {"kdf": KdfParams.weak_for_tests(), "allow_weak_kdf": True, "freshness": False}
+    location = str(tmp_path) + "/big.db"  # type: ignore[operator]
+    with persist.open(location, "pw", **opts) as db:  # type: ignore[arg-type]
+        t = db.table("t")
+        with db.atomic():
+            t.update(model)
+        db.commit_wait()
+        treestore.apply_batch = counting  # type: ignore[assignment]
+        try:
+            with db.atomic():
+                for i in rng.sample(range(20_000), 12_000):
+                    choice = rng.randrange(4)
+                    if choice == 0:
+                        del t[i]
+                        del model[i]
+                    elif choice == 1:  # a blob moves to other keys, or is freed
+                        t[i] = model[i] = blobs[rng.randrange(2)]
+                    else:
+                        t[i] = model[i] = b"small %d" % i
+                for i in range(20_000, 21_000):  # new keys past the end
+                    t[i] = model[i] = blobs[3]
+            db.commit_wait()
+        finally:
+            treestore.apply_batch = real  # type: ignore[assignment]
+        assert len(calls) >= 3  # the chain (plus the count tree's batch)
+        assert dict(t.items()) == model
+        assert db.verify() == []
+    with persist.open(location, "pw", read_only=True, **opts) as db:  # type: ignore[arg-type]
+        assert dict(db.table("t").items()) == model and db.verify() == []
