@@ -292,6 +292,25 @@ def encode_segment(changes: Changes) -> bytes:
     return b"".join(parts)
 
 
+def _fields(
+    data: bytes, pos: int, name_len: int, first_len: int, second_len: int, absent: int
+) -> tuple[str, bytes, bytes | None, int]:
+    """The fields after a record's header, whose lengths it gave: a name (UTF-8,
+    not empty), a first and a second field (None when ``second_len`` is
+    ``absent``), and the position after them; ValueError when ``data`` ends first."""
+    name = data[pos : pos + name_len].decode("utf-8")
+    pos += name_len
+    first = data[pos : pos + first_len]
+    pos += first_len
+    second: bytes | None = None
+    if second_len != absent:
+        second = data[pos : pos + second_len]
+        pos += second_len
+    if pos > len(data) or not name:
+        raise ValueError("truncated")
+    return name, first, second, pos
+
+
 def decode_segment(payload: bytes) -> dict[str, Pending]:
     """A segment's changes, table -> key -> value; IntegrityError when malformed."""
     if payload[:1] != bytes([_VERSION]):
@@ -301,17 +320,9 @@ def decode_segment(payload: bytes) -> dict[str, Pending]:
     try:
         while pos < end:
             name_len, key_len, value_len = _ENTRY.unpack_from(payload, pos)
-            pos += _ENTRY.size
-            name = payload[pos : pos + name_len].decode("utf-8")
-            pos += name_len
-            key = payload[pos : pos + key_len]
-            pos += key_len
-            value: bytes | None = None
-            if value_len != _DELETED:
-                value = payload[pos : pos + value_len]
-                pos += value_len
-            if pos > end or not name:
-                raise ValueError("truncated")
+            name, key, value, pos = _fields(
+                payload, pos + _ENTRY.size, name_len, key_len, value_len, _DELETED
+            )
             table = out.setdefault(name, {})
             if key in table:
                 raise ValueError("a key twice")
@@ -361,21 +372,11 @@ def _parse_v3(
         masks: list[Mask] = []
         for _ in range(count):
             name_len, lo_len, hi_len, upto = _MASK.unpack_from(meta, pos)
-            pos += _MASK.size
-            name = meta[pos : pos + name_len].decode("utf-8")
-            pos += name_len
-            lo = meta[pos : pos + lo_len]
-            pos += lo_len
-            hi: bytes | None = None
-            if hi_len != _NO_HIGH:
-                hi = meta[pos : pos + hi_len]
-                pos += hi_len
-            if pos > len(meta) or not name or not first < upto <= segments:
-                raise bad
-            if hi is not None and hi <= lo:
+            name, lo, hi, pos = _fields(meta, pos + _MASK.size, name_len, lo_len, hi_len, _NO_HIGH)
+            if not first < upto <= segments or (hi is not None and hi <= lo):
                 raise bad
             masks.append(Mask(name, lo, hi, upto))
-    except (struct.error, UnicodeDecodeError):
+    except (struct.error, ValueError):  # UnicodeDecodeError is a ValueError
         raise bad from None
     if first > segments or (first == segments and chain_start != chain):
         raise bad

@@ -606,10 +606,8 @@ class TreeWaveStore:
         # wrap around to the lowest keys: [cursor, end of keys) and [start, next key)
         end -= len(keys)
         self._fold_cursor[name] = keys[end]
-        ranges: tuple[tuple[bytes, bytes | None], ...] = ((cursor, None), (b"", keys[end]))
-        if not cursor:
-            ranges = ((b"", keys[end]),)
-        return Piece(name, keys[at:] + keys[:end], ranges)
+        # (cursor is past the lowest key here, since end >= 1 keys wrapped around)
+        return Piece(name, keys[at:] + keys[:end], ((cursor, None), (b"", keys[end])))
 
     def _apply(
         self, ns: EbsNodeStore, root: NodeId | None, tab: Mapping[bytes, bytes | None]
