@@ -33,11 +33,12 @@ take a store as a parameter; this module depends on neither.
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn, Self
@@ -90,6 +91,14 @@ KeyArg = bytes | str | os.PathLike[str]
 
 def _timestamp_us(clock: Clock) -> int:
     return min(max(int(clock() * 1e6), 0), (1 << 64) - 1)
+
+
+def _sealed(
+    items: list[tuple[TableKeys, RowKind, bytes, bytes, bytes]], random: RandomSource
+) -> Iterator[tuple[bytes, bytes]]:
+    """The stored rows of each node or row, sealed when the kvs asks for them."""
+    for keys, kind, storage_key, logical_key, value in items:
+        yield from seal(keys, kind, storage_key, logical_key, value, random)
 
 
 def _is_empty(get_scan: Store | Snapshot) -> bool:
@@ -395,12 +404,22 @@ class EncryptedStore:
         if self.kvs.read_only:
             raise ReadOnlyError(f"store {self.kvs.location} is open read-only")
 
-    def write_raw(self, puts: Mapping[bytes, bytes], deletes: Iterable[bytes] = ()) -> None:
-        """One atomic kvs batch; a failure poisons the store.  REQUIRES: the lock."""
+    def write_raw(
+        self,
+        puts: Mapping[bytes, bytes],
+        deletes: Iterable[bytes] = (),
+        stream: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """One atomic kvs batch; a failure poisons the store.  REQUIRES: the lock.
+
+        ``stream`` is more puts, produced while the kvs consumes them (a
+        commit's sealed nodes: never all in memory at once on a backend that
+        streams its batch); its keys must not be among ``deletes``.
+        """
         self.check_writable()
         deletes = [d for d in deletes if d not in puts]
         try:
-            self.kvs.write(puts, deletes)
+            self.kvs.write(itertools.chain(puts.items(), stream), deletes)
         except BaseException as exc:
             self._failed = exc
             raise
@@ -432,15 +451,20 @@ class EncryptedStore:
                     else "the store is already in the current format"
                 )
             batch.claim(self)
-            puts: dict[bytes, bytes] = {}
             deletes: set[bytes] = set()
+            # The rows are sealed as the kvs takes them, nodes first, then rows,
+            # then the root (the order of sealing before, so seeded nonces fall
+            # where they did): a fold's thousands of new nodes would otherwise
+            # exist twice at the commit's peak, as plaintext and sealed.
+            sealing: list[tuple[TableKeys, RowKind, bytes, bytes, bytes]] = []
             for storage_key, (table, plaintext, size) in batch.nodes.items():
                 keys = table.live_keys()
                 if plaintext is not None:
-                    puts.update(seal(keys, RowKind.NODE, storage_key, b"", plaintext, self._random))
+                    sealing.append((keys, RowKind.NODE, storage_key, b"", plaintext))
                 else:
                     deletes.add(storage_key)
                     deletes.update(self._node_chunks(keys, storage_key, size))
+            rewritten: set[bytes] = set()
             for storage_key, (table, key, value) in batch.rows.items():
                 keys = table.live_keys()
                 if storage_key not in batch.new_rows:
@@ -450,8 +474,17 @@ class EncryptedStore:
                 if value is None:
                     deletes.add(storage_key)
                 else:
-                    puts.update(seal(keys, RowKind.ROW, storage_key, key, value, self._random))
-            return self.commit_root(puts, deletes, catalog)
+                    sealing.append((keys, RowKind.ROW, storage_key, key, value))
+                    # a rewritten row's chunks may reuse its old chunks' keys
+                    rewritten.add(storage_key)
+                    rewritten.update(
+                        chunk_keys(keys, storage_key, chunk_count(len(key), len(value)))
+                    )
+            # A node's keys are never among the deletes: a node is put or deleted
+            # here, not both, and chunk keys derive from their head's key.
+            return self.commit_root(
+                {}, deletes - rewritten, catalog, stream=_sealed(sealing, self._random)
+            )
 
     def commit_root(
         self,
@@ -460,8 +493,11 @@ class EncryptedStore:
         catalog: Mapping[str, bytes],
         keys: KeyRing | None = None,
         key_epoch: int | None = None,
+        *,
+        stream: Iterable[tuple[bytes, bytes]] = (),
     ) -> RootRecord:
-        """Add the next root to ``puts`` and write everything.  REQUIRES: the lock."""
+        """Add the next root to ``puts`` and write everything (``stream``: see
+        :meth:`write_raw`).  REQUIRES: the lock."""
         prev = self._root
         root = RootRecord(
             prev.db_id,
@@ -472,9 +508,11 @@ class EncryptedStore:
             {},
             prev.key_epoch if key_epoch is None else key_epoch,
         )
-        root_key, root_row = seal_root(keys or self._keys, root, self._random)
-        puts[root_key] = root_row
-        self.write_raw(puts, deletes)
+
+        def sealed_root() -> Iterator[tuple[bytes, bytes]]:
+            yield seal_root(keys or self._keys, root, self._random)  # last, as it always was
+
+        self.write_raw(puts, deletes, itertools.chain(stream, sealed_root()))
         self._root = root
         if self._hint is not None:
             try:

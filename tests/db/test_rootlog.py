@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -223,9 +224,10 @@ def test_a_fold_comes_when_it_would_rewrite_about_fold_nodes_nodes(
     written: list[int] = []
     real = kvs.write
 
-    def spy(puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
-        written.append(len(puts))
-        real(puts, deletes)
+    def spy(puts: Iterable[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        pairs = list(puts)  # a commit hands its rows over as they are sealed
+        written.append(len(pairs))
+        real(pairs, deletes)
 
     monkeypatch.setattr(kvs, "write", spy)
     logged = _logged_until_fold(trees, rnd, per_wave=1)

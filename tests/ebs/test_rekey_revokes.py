@@ -97,8 +97,10 @@ def test_nothing_the_old_key_opens_carries_new_secrets(
     copies: list[Path] = []
     original = EncryptedStore.write_raw
 
-    def snapshotting(self: EncryptedStore, puts: object, deletes: object = ()) -> None:
-        original(self, puts, deletes)  # type: ignore[arg-type]
+    def snapshotting(
+        self: EncryptedStore, puts: object, deletes: object = (), stream: object = ()
+    ) -> None:
+        original(self, puts, deletes, stream)  # type: ignore[arg-type]
         dst = tmp_path / f"copy{len(copies)}"
         _copy(_files(kind, store_dir) if kind == "leveldb" else store_dir / "s.db", dst)
         copies.append(dst)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +18,7 @@ from persist.ebs.rows import chunk_count, may_be_chunked, seal
 from persist.ebs.verify import check_store
 from persist.ebs.xaes import NONCE_SIZE, OVERHEAD, XAES256GCM
 from persist.errors import ClosedError, IntegrityError, ReadOnlyError
+from persist.kvs import open_store
 from persist.kvs.base import Store
 from persist.kvs.memory import MemoryStore
 
@@ -222,3 +225,29 @@ def test_the_commit_shortcut_never_misses_a_chunked_head(key_len: int, value_len
     # a false positive only costs a decryption; a false negative would leak chunks
     if len(rows) > 1:
         assert may_be_chunked(len(rows[0][1]), key_len)
+
+
+def test_a_commit_seals_its_nodes_as_the_store_takes_them(tmp_path: Path) -> None:
+    """The new nodes of a commit are sealed while the kvs consumes its batch,
+    not all beforehand: a fold writing thousands of nodes would otherwise hold
+    each of them twice at its peak, as plaintext and as a sealed row."""
+    kvs = open_store(str(tmp_path / "store.db"))  # SQLite streams a batch into its transaction
+    try:
+        ebs = create(kvs)
+        table = ebs.table(b"tree:data")
+        nodes = [os.urandom(4000) for _ in range(1000)]  # 4 MB of plaintext
+        batch = ebs.batch()
+        for node in nodes:
+            batch.put_node(table, table.node_id(node), node)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            ebs.commit(batch, {"tree:data": b"payload"})
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak - before < 1_000_000  # sealed all at once: over 4 MB
+        again = reopen(kvs).table(b"tree:data")
+        assert all(again.read_node(again.node_id(node)) == node for node in nodes)
+    finally:
+        kvs.close()
