@@ -149,12 +149,25 @@ class TreeUpdate:
         (see :class:`~persist.btree.overlay.PendingNodeStore`).  Objects that
         ``self`` creates and ``later`` frees cancel out and are never written.
         """
-        puts = dict(self.puts)
-        counts = dict(self.counts)
-        deletes = set(self.deletes)
-        counted = set(self.counted_deletes)
-        before = set(self.counted_before)
-        blobs = {**self.blobs, **later.blobs}
+        combined = TreeUpdate(
+            dict(self.puts),
+            dict(self.counts),
+            set(self.deletes),
+            set(self.counted_deletes),
+            dict(self.blobs),
+            set(self.counted_before),
+        )
+        combined.absorb(later)
+        return combined
+
+    def absorb(self, later: TreeUpdate) -> None:
+        """Become ``self.then(later)`` in place: a chain of batches then costs
+        the size of each batch, not of everything before it at every step.
+        Nothing may be using ``self`` (a :class:`PendingNodeStore` of it) meanwhile.
+        """
+        puts, counts, deletes = self.puts, self.counts, self.deletes
+        counted, before, blobs = self.counted_deletes, self.counted_before, self.blobs
+        blobs.update(later.blobs)
         for nid in later.deletes:
             if nid in puts:
                 del puts[nid]  # created and freed before any commit: never written
@@ -164,12 +177,9 @@ class TreeUpdate:
                 deletes.add(nid)
                 # Whether the committed object has a count row: ``later`` saw
                 # the count ``self`` left, so when ``self`` recounted the object
-                # only ``self`` knows what was committed.
-                had_row = (
-                    nid in self.counted_before
-                    if nid in self.counts
-                    else nid in later.counted_deletes
-                )
+                # only ``self`` knows what was committed.  (``counts`` still
+                # holds what ``self`` said of ``nid``: each object is freed once.)
+                had_row = nid in before if nid in counts else nid in later.counted_deletes
                 counts.pop(nid, None)
                 if had_row:
                     counted.add(nid)
@@ -187,4 +197,5 @@ class TreeUpdate:
             if nid not in counts and nid in later.counted_before:
                 before.add(nid)  # untouched by self: later saw the committed count
             counts[nid] = count
-        return TreeUpdate(puts, counts, deletes, counted & deletes, blobs, before & set(counts))
+        counted.intersection_update(deletes)
+        before.intersection_update(counts.keys())

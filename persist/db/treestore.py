@@ -97,7 +97,7 @@ _FACTS_MAX = 200_000  # nodes whose count and size the writer remembers (about 3
 #: Keys of a fold into an existing tree applied per batch: a larger fold is
 #: applied as a chain of batches (``TreeUpdate.then``) committed as one, so that
 #: the old nodes each batch opens are let go before the next (docs/design.md).
-_FOLD_CHUNK = 4096
+_FOLD_CHUNK = 1024
 
 
 def descriptor(name: str) -> str:
@@ -624,7 +624,10 @@ class TreeWaveStore:
             source = ns if combined is None else PendingNodeStore(ns, combined)
             root, update = apply_batch(source, root, chunk, cache=self.cache)
             made.update(update.puts)
-            combined = update if combined is None else combined.then(update)
+            if combined is None:
+                combined = update
+            else:
+                combined.absorb(update)  # the view ``source`` of it is done with
         assert combined is not None
         # nodes one batch made and a later one replaced: never written, never read
         self.cache.discard(made.difference(combined.puts))

@@ -128,6 +128,25 @@ class TreeMachine(RuleBasedStateMachine):
         t.store.apply(u1.then(u2))
         t.root, t.model = r2, applied(applied(t.model, first), second)
 
+    @rule(which=st.integers(0, 1), first=CHANGES, second=CHANGES, third=CHANGES)
+    def three_batches_absorbed_in_place(
+        self, which: int, first: dict, second: dict, third: dict
+    ) -> None:
+        # The chain of a large fold (persist/db/treestore.py): each batch is
+        # absorbed into the first in place, and must equal ``then``'s copy.
+        t = self.tables[which]
+        r1, u1 = apply_batch(t.store, t.root, sorted(first.items()))
+        r2, u2 = apply_batch(PendingNodeStore(t.store, u1), r1, sorted(second.items()))
+        expected = u1.then(u2)
+        u1.absorb(u2)
+        assert u1 == expected
+        r3, u3 = apply_batch(PendingNodeStore(t.store, u1), r2, sorted(third.items()))
+        expected = u1.then(u3)
+        u1.absorb(u3)
+        assert u1 == expected
+        t.store.apply(u1)
+        t.root, t.model = r3, applied(applied(applied(t.model, first), second), third)
+
     @precondition(
         lambda self: not self.index_only and sum(len(t.snapshots) for t in self.tables) < 4
     )
