@@ -234,13 +234,21 @@ def _check_log(
         return
     table = ebs.table(LOG_DESCRIPTOR)
 
+    failing: list[bytes] = []  # the segment whose read failed or found nothing
+
     def read_row(key: bytes) -> bytes | None:
-        return table.read_row(key, snapshot.get, touched)
+        failing[:] = [key]
+        row = table.read_row(key, snapshot.get, touched)
+        if row is not None:
+            failing.clear()
+        return row
 
     try:
         log = RootLog.load(meta, read_row)
     except IntegrityError as exc:
-        issues.append(Issue("log", "", str(exc)))
+        # A missing or damaged segment is named by its storage key, as a node is.
+        where = table.row_key(failing[0]).hex() if failing else ""
+        issues.append(Issue("log", where, str(exc)))
         return
     roots = _table_roots(root.catalog, TABLE_PREFIX)
     for name in sorted(set(log.tables) - set(roots)):

@@ -123,6 +123,29 @@ def test_small_waves_write_one_row_and_the_root_until_the_log_is_full() -> None:
         assert verify_database(trees.ebs, snap) == []
 
 
+@pytest.mark.parametrize("damage", ["delete", "flip"])
+def test_verify_names_the_storage_key_of_a_missing_or_damaged_segment(damage: str) -> None:
+    """As it names a node's: "segment 0 is missing" alone says nothing a user can find
+    (tests/remote/test_sync.py::test_a_damaged_replica_is_refused failed whenever the
+    row it damaged at random was a log segment)."""
+    kvs, trees = _trees(LogLimits(max_entries=1000, max_bytes=100_000, tail_bytes=0))
+    for i in range(4):
+        trees.commit_wave(i + 1, {"t": {b"k%02d" % i: b"v%d" % i}})
+    assert trees.log.segments == 4
+    table = trees.ebs.table(LOG_DESCRIPTOR)
+    victim = table.row_key(trees.log.segment_keys()[1])
+    stored = kvs.get(victim)
+    assert stored is not None
+    if damage == "delete":
+        kvs.write(deletes=[victim])
+    else:
+        kvs.write({victim: stored[:-1] + bytes([stored[-1] ^ 1])})
+    with trees.ebs.pin() as snap:
+        issues = verify_database(trees.ebs, snap)
+    logged = [i for i in issues if i.kind == "log"]
+    assert [i.storage_key for i in logged] == [victim.hex()], issues
+
+
 def test_small_waves_ride_in_the_root_until_the_tail_is_full() -> None:
     """Rule 5 of the log: a small commit writes the root alone; the commit that
     would pass ``tail_bytes`` writes one merged segment row and empties the tail."""

@@ -473,15 +473,33 @@ def _delete(target: str, key: bytes) -> None:
         c.delete([key])
 
 
+def _log_row(target: str) -> bytes:
+    """The storage key of one of the replica's root log segment rows."""
+    with replica_store(target) as ebs, ebs.pin() as snap:
+        table = ebs.table(rootlog.LOG_DESCRIPTOR)
+        meta = ebs.root.catalog.get(rootlog.LOG_DESCRIPTOR, b"")
+        keys = rootlog.RootLog.load(meta, lambda k: table.read_row(k, snap.get)).segment_keys()
+        assert keys, "the pushed root log has no segment rows"
+        return table.row_key(keys[0])
+
+
+@pytest.mark.parametrize("row", ["reached", "log segment"])
 @pytest.mark.parametrize("damage", ["flip", "delete"])
-def test_a_damaged_replica_is_refused(damage: str, pushed: tuple[str, str], tmp_path: Path) -> None:
+def test_a_damaged_replica_is_refused(
+    damage: str, row: str, pushed: tuple[str, str], tmp_path: Path
+) -> None:
     src, target = pushed
     mirror = str(tmp_path / "m.db")
     restore(target, mirror, passphrase=PW, **WEAK)
     with persist.open(src, PW, **WEAK) as db:
         fill(db, 2000, tag="x")
+        for i in range(40):  # small commits: the root log's tail spills into segment rows
+            db.table("t")[i] = f"small {i}"
+            db.commit_wait()
         push(db, target)
-    key = _node_row(target)
+    # "reached": any row the root reaches, chosen by its (random) storage key; a log
+    # segment among them once failed the issue check below (its issue named no key)
+    key = _node_row(target) if row == "reached" else _log_row(target)
     (_flip if damage == "flip" else _delete)(target, key)
     _, issues = replica_issues(target)
     assert any(key.hex() in i.storage_key or key.hex() in i.description for i in issues), issues
