@@ -95,7 +95,7 @@ _COUNT_SIZE = 8
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 _FACTS_MAX = 200_000  # nodes whose count and size the writer remembers (about 30 MB)
 #: Keys of a fold into an existing tree applied per batch: a larger fold is
-#: applied as a chain of batches (``TreeUpdate.then``) committed as one, so that
+#: applied as a chain of batches (``TreeUpdate.absorb``) committed as one, so that
 #: the old nodes each batch opens are let go before the next (docs/design.md).
 _FOLD_CHUNK = 1024
 

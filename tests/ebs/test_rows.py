@@ -97,6 +97,22 @@ def test_overwriting_a_chunked_row_with_a_small_one_removes_its_chunks(mem: Stor
     assert ebs.root.coverage == {}
 
 
+@pytest.mark.parametrize("chunks", [2, 3, 4])
+def test_rewriting_a_chunked_row_reuses_its_chunk_keys(kvs: Store, chunks: int) -> None:
+    """The new chunks of a rewritten row take its old chunks' keys: the commit
+    must not also delete them (a key both put and deleted is refused by the kvs),
+    and a chunk the new value no longer needs must go."""
+    ebs = create(kvs)
+    table = ebs.table(b"meta")
+    _put(ebs, table, [], {b"k": os.urandom(3 * CHUNK_SIZE)})
+    rows_before = len(snapshot(kvs))
+    value = os.urandom(chunks * CHUNK_SIZE - 100)
+    _put(ebs, table, [], {b"k": value})
+    assert reopen(kvs).table(b"meta").read_row(b"k") == value
+    assert len(snapshot(kvs)) == rows_before + chunk_count(1, len(value)) - 3
+    assert check_store(reopen(kvs), rows={table: [b"k"]}) == []
+
+
 def test_the_same_value_encrypts_differently_every_time(mem: Store) -> None:
     ebs = create(mem)
     table = ebs.table(b"meta")
