@@ -590,7 +590,7 @@ class TreeWaveStore:
         if sum(costs.values()) <= 2 * budget:
             return None  # the whole log costs about a piece: fold it and start afresh
         name = max(costs, key=costs.__getitem__)
-        keys = log.sorted_changes(name)[0]
+        keys = log.sorted_keys(name)
         per_key = costs[name] / len(keys)
         take = min(len(keys), max(wave_keys, 1, int(budget / per_key)))
         cursor = self._fold_cursor.get(name, b"")
