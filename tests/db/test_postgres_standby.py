@@ -111,24 +111,25 @@ def test_a_recovery_conflict_is_a_clear_persist_error(
     away: replaying the vacuum cancels it, and its next read says so."""
     primary, standby = pair
     on_primary, on_standby = _locations(pair)
-    with open_store(on_primary) as writer, open_store(on_standby, read_only=True) as reader:
+    with open_store(on_primary) as writer:
         writer.write({b"node%03d" % i: b"x" * 200 for i in range(100)})
-        _caught_up(primary, standby)
-        snap = reader.snapshot()
-        assert snap.get(b"node000") == b"x" * 200
-        writer.write(deletes=[b"node%03d" % i for i in range(100)])  # the nodes are freed
-        primary.execute(f"VACUUM {on_primary.rsplit('table=', 1)[1]}", DB)
-        _caught_up(primary, standby)  # replay waits 100 ms for the snapshot, then cancels it
-        with pytest.raises(PersistError) as info:
-            snap.get(b"node001")
-        error = info.value
-        assert isinstance(error, StoreIOError) and not isinstance(error, IntegrityError)
-        assert "conflicts with WAL replay" in str(error), error
-        assert isinstance(error.__cause__, psycopg.Error)
-        snap.close()
-        with reader.snapshot() as fresh:  # a new snapshot sees the primary's state
-            assert fresh.get(b"node001") is None
-        assert reader.get(b"node001") is None
+        _caught_up(primary, standby)  # the new table exists on the standby from here on
+        with open_store(on_standby, read_only=True) as reader:
+            snap = reader.snapshot()
+            assert snap.get(b"node000") == b"x" * 200
+            writer.write(deletes=[b"node%03d" % i for i in range(100)])  # the nodes are freed
+            primary.execute(f"VACUUM {on_primary.rsplit('table=', 1)[1]}", DB)
+            _caught_up(primary, standby)  # replay waits 100 ms for the snapshot, then cancels it
+            with pytest.raises(PersistError) as info:
+                snap.get(b"node001")
+            error = info.value
+            assert isinstance(error, StoreIOError) and not isinstance(error, IntegrityError)
+            assert "conflicts with WAL replay" in str(error), error
+            assert isinstance(error.__cause__, psycopg.Error)
+            snap.close()
+            with reader.snapshot() as fresh:  # a new snapshot sees the primary's state
+                assert fresh.get(b"node001") is None
+            assert reader.get(b"node001") is None
 
 
 def test_a_writer_on_the_standby_is_refused(pair: tuple[PostgresServer, PostgresServer]) -> None:
