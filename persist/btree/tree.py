@@ -15,7 +15,7 @@ checker: an internal node stores, for child ``i``, the exact minimum key
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from typing import TypeAlias, cast
 
@@ -24,10 +24,12 @@ from .cache import NodeCache, NodeReader
 from .node import BlobRef, Internal, Leaf, Value
 from .nodestore import NodeId, NodeSource
 
-__all__ = ["Tree"]
+__all__ = ["Columns", "Tree"]
 
 #: Part of one leaf in a range: its keys and values, and the indexes ``[lo, hi)``.
 _Span: TypeAlias = tuple[tuple[bytes, ...], tuple[Value, ...], int, int]
+#: A run of entries as two columns: ascending keys, and their values (never empty).
+Columns: TypeAlias = tuple[Sequence[bytes], Sequence[bytes]]
 
 
 def _no_peek(nid: NodeId) -> None:
@@ -172,6 +174,25 @@ class Tree:
                 yield zip(keys[lo:hi][::-1], data[lo:hi][::-1], strict=True)
             else:
                 yield zip(keys[lo:hi], data[lo:hi], strict=True)
+
+    def columns(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[Columns]:
+        """:meth:`items` ascending, as runs of two columns: each leaf's part of
+        the range as ``(keys, values)``, the leaf's own tuples when it is whole.
+
+        The fastest way through a range: no tuple per entry.  A leaf with blob
+        references yields a run per entry, whose blob is loaded when that run
+        is taken (as :meth:`items` loads it when its entry is reached).
+        """
+        for keys, values, lo, hi in self._spans(start, stop, False):
+            if BlobRef in set(map(type, values)):
+                for i in range(lo, hi):
+                    yield (keys[i],), (self._value(values[i]),)
+                continue
+            data = cast("tuple[bytes, ...]", values)  # no blob reference: the values are bytes
+            if lo == 0 and hi == len(keys):
+                yield keys, data
+            else:
+                yield keys[lo:hi], data[lo:hi]
 
     def _resolved(
         self, keys: tuple[bytes, ...], values: tuple[Value, ...], run: range

@@ -39,7 +39,7 @@ from ..errors import (
     StoreNotFound,
 )
 from ..kvs import Store, open_store, parse_location
-from ..mux import AtomicBlock, Metrics, Multiplexer, MuxConfig
+from ..mux import AtomicBlock, Columns, Metrics, Multiplexer, MuxConfig
 from .keys import decode_key, encode_key
 from .objects import OBJECTS, PERSISTENT_CLASSES, Access, ObjectSpace
 from .rekey import TreesRekeyer
@@ -226,6 +226,11 @@ class _Reader:
     ) -> Iterator[tuple[bytes, bytes]]:
         return self.trees.scan(table, start, stop, reverse)
 
+    def columns(
+        self, table: str, start: bytes | None = None, stop: bytes | None = None
+    ) -> Iterator[Columns]:
+        return self.trees.columns(table, start, stop)
+
     def count(self, table: str) -> int:
         return self.trees.count(table)
 
@@ -249,7 +254,7 @@ class _Closed:
     def _refuse(self, *_: object) -> Any:
         raise ClosedError(f"database {self.location} is closed")
 
-    get = scan = count = put = delete = write_many = _refuse
+    get = scan = columns = count = put = delete = write_many = _refuse
 
 
 _open_databases: weakref.WeakSet[Database] = weakref.WeakSet()

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex, overload
 import cbor2
 
 from ..btree import MAX_KEY_SIZE
+from ..mux import Columns
 from .keys import decode_key, encode_key
 from .values import TAG_REF, SchemaError
 
@@ -67,6 +68,10 @@ class Access(Protocol):
         stop: bytes | None = None,
         reverse: bool = False,
     ) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def columns(
+        self, table: str, start: bytes | None = None, stop: bytes | None = None
+    ) -> Iterator[Columns]: ...
 
     def count(self, table: str) -> int: ...
 

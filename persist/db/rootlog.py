@@ -879,14 +879,21 @@ class RootLog:
     ) -> Iterator[tuple[bytes, bytes]]:
         """``committed`` (a tree scan of ``[start, stop)``) with this log laid over it;
         ``committed`` itself when the log holds no change in the range."""
-        if not self.tables.get(table):
-            return committed
-        keys, values = self.sorted_changes(table)
-        lo = 0 if start is None else bisect_left(keys, start)
-        hi = len(keys) if stop is None else bisect_left(keys, stop)
-        pending = list(zip(keys[lo:hi], values[lo:hi], strict=True))
+        pending = self.changes_in(table, start, stop)
         if not pending:
             return committed
         if reverse:
             pending.reverse()
         return merge_pending(committed, pending, reverse)
+
+    def changes_in(
+        self, table: str, start: bytes | None, stop: bytes | None
+    ) -> list[tuple[bytes, bytes | None]]:
+        """The log's changes of ``table`` in ``[start, stop)``, ascending
+        (``None``: a delete)."""
+        if not self.tables.get(table):
+            return []
+        keys, values = self.sorted_changes(table)
+        lo = 0 if start is None else bisect_left(keys, start)
+        hi = len(keys) if stop is None else bisect_left(keys, stop)
+        return list(zip(keys[lo:hi], values[lo:hi], strict=True))

@@ -14,12 +14,14 @@ when asked.
 from __future__ import annotations
 
 from collections.abc import (
+    Callable,
     ItemsView,
     Iterable,
     Iterator,
     KeysView,
     MappingView,
     MutableMapping,
+    Sequence,
     ValuesView,
 )
 from itertools import chain, islice
@@ -29,6 +31,7 @@ from ..errors import NotFound
 from .keys import MAX_KEY_SIZE, check_key_size, decode_keys, encode_key
 
 if TYPE_CHECKING:
+    from ..mux import Columns
     from .database import Database
 
 __all__ = ["ItemsRange", "KeysRange", "RangeView", "Table", "ValuesRange"]
@@ -40,6 +43,20 @@ __all__ = ["ItemsRange", "KeysRange", "RangeView", "Table", "ValuesRange"]
 _RUN_MAX = 128
 _RUN_FIRST = 4
 _RUN_BYTES = 64 * 1024
+
+
+def _decoded(
+    part: str,
+    keys: Sequence[bytes],
+    values: Sequence[bytes],
+    decode_values: Callable[[Sequence[bytes]], list[Any]],
+) -> Iterable[Any]:
+    """One run's keys, values or items, decoded by C-level loops."""
+    if part == "keys":
+        return decode_keys(keys)
+    if part == "values":
+        return decode_values(values)
+    return zip(decode_keys(keys), decode_values(values), strict=True)
 
 
 class RangeView(MappingView):
@@ -67,7 +84,31 @@ class RangeView(MappingView):
 
     def _iterate(self, reverse: bool) -> Iterator[Any]:
         # The state is taken now, when the iterator is made, not at its first item.
-        return chain.from_iterable(self._decoded_runs(self._pairs(reverse)))
+        if reverse:
+            return chain.from_iterable(self._decoded_runs(self._pairs(reverse)))
+        t = self._mapping
+        columns = t._db._access.columns(t.name, self._lo, self._hi)
+        return chain.from_iterable(self._decoded_columns(columns))
+
+    def _decoded_columns(self, runs: Iterator[Columns]) -> Iterator[Iterable[Any]]:
+        """:meth:`_decoded_runs` of runs of columns: a leaf's keys and values are
+        gathered as they are (no tuple per entry) until a run is long enough."""
+        decode_values = self._mapping._db._codec.decode_many
+        part = self._part
+        size = _RUN_FIRST
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        for run_keys, run_values in runs:
+            keys += run_keys
+            values += run_values
+            if len(keys) < size:
+                continue
+            yield _decoded(part, keys, values, decode_values)
+            held = sum(map(len, values))
+            size = max(1, min(_RUN_MAX, 2 * size, _RUN_BYTES * len(values) // max(held, 1)))
+            keys, values = [], []
+        if keys:
+            yield _decoded(part, keys, values, decode_values)
 
     def _decoded_runs(self, pairs: Iterator[tuple[bytes, bytes]]) -> Iterator[Iterable[Any]]:
         """Yield the entries run by run, each run decoded by C-level loops."""
@@ -79,12 +120,7 @@ class RangeView(MappingView):
             if not run:
                 return
             keys, values = zip(*run, strict=True)
-            if part == "keys":
-                yield decode_keys(keys)
-            elif part == "values":
-                yield decode_values(values)
-            else:
-                yield zip(decode_keys(keys), decode_values(values), strict=True)
+            yield _decoded(part, keys, values, decode_values)
             if len(run) < size:
                 return  # the scan is exhausted
             held = sum(map(len, values))

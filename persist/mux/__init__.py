@@ -4,11 +4,22 @@ See the theory of operation in :mod:`persist.mux.multiplexer`.
 """
 
 from .multiplexer import AtomicBlock, Metrics, Multiplexer, MuxConfig
-from .wave import Changes, CommittedState, StaleState, Wave, WaveState, WaveStore, merge_pending
+from .wave import (
+    Changes,
+    Columns,
+    CommittedState,
+    StaleState,
+    Wave,
+    WaveState,
+    WaveStore,
+    merge_columns,
+    merge_pending,
+)
 
 __all__ = [
     "AtomicBlock",
     "Changes",
+    "Columns",
     "CommittedState",
     "Metrics",
     "Multiplexer",
@@ -17,5 +28,6 @@ __all__ = [
     "Wave",
     "WaveState",
     "WaveStore",
+    "merge_columns",
     "merge_pending",
 ]

@@ -15,23 +15,28 @@ from __future__ import annotations
 import enum
 import threading
 import time
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 __all__ = [
     "Changes",
+    "Columns",
     "CommittedState",
     "StaleState",
     "Wave",
     "WaveState",
     "WaveStore",
+    "merge_columns",
     "merge_pending",
 ]
 
 #: A wave's content: table name -> key -> new value, ``None`` for a delete.
 Changes = dict[str, dict[bytes, bytes | None]]
+#: A run of entries as two columns: ascending keys and their values, never empty.
+Columns: TypeAlias = tuple[Sequence[bytes], Sequence[bytes]]
 
 
 class WaveState(enum.Enum):
@@ -185,6 +190,10 @@ class CommittedState(Protocol):
         """``(key, value)`` pairs with ``start <= key < stop`` in order.  StaleState
         only before the first pair."""
 
+    def columns(self, table: str, start: bytes | None, stop: bytes | None) -> Iterator[Columns]:
+        """:meth:`scan` ascending, as runs of two columns (:data:`Columns`), each
+        run's keys above the previous run's.  StaleState only when called."""
+
     def count(self, table: str, pending: list[tuple[bytes, bool]] | None = None) -> int:
         """Entries of ``table`` once ``pending`` is laid over it: ascending keys, each
         True if set, False if deleted (keys the state holds count once).
@@ -247,3 +256,29 @@ def merge_pending(
     for pk, pv in pending[i:]:
         if pv is not None:
             yield pk, pv
+
+
+def merge_columns(
+    runs: Iterator[Columns], pending: list[tuple[bytes, bytes | None]]
+) -> Iterator[Columns]:
+    """:func:`merge_pending` for ascending runs of columns: ``pending`` (sorted,
+    ``None`` deletes) laid over ``runs``.  A run that no pending key falls in or
+    before passes through as it is; only the runs the pending keys reach are
+    merged entry by entry."""
+    keys_pending = [k for k, _ in pending]
+    i, n = 0, len(pending)
+    for keys, values in runs:
+        last = keys[-1]
+        if i == n or keys_pending[i] > last:
+            yield keys, values
+            continue
+        j = bisect_right(keys_pending, last, i)
+        merged = list(merge_pending(zip(keys, values, strict=True), pending[i:j], False))
+        i = j
+        if merged:
+            mk, mv = zip(*merged, strict=True)
+            yield mk, mv
+    rest = [(k, v) for k, v in pending[i:] if v is not None]
+    if rest:
+        mk, mv = zip(*rest, strict=True)
+        yield mk, mv

@@ -52,6 +52,13 @@ class _PlainState:
             items.reverse()
         return iter(items)
 
+    def columns(
+        self, table: str, start: bytes | None, stop: bytes | None
+    ) -> Iterator[tuple[tuple[bytes, ...], tuple[bytes, ...]]]:
+        items = list(self.scan(table, start, stop, False))
+        runs = [items[i : i + 3] for i in range(0, len(items), 3)]  # runs of up to 3 entries
+        return iter([(tuple(k for k, _ in run), tuple(v for _, v in run)) for run in runs])
+
     def count(self, table: str, pending: list[tuple[bytes, bool]] | None = None) -> int:
         n = sum(1 for _ in self.scan(table, None, None, False))
         for key, present in pending or ():

@@ -96,6 +96,54 @@ def test_items_equal_the_reference_for_any_bounds(
     assert list(tree.keys(start, stop)) == [k for k, _ in want]
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(st.binary(max_size=3), st.sampled_from([b"", b"s", b"L" * 225]), max_size=90),
+    st.none() | st.binary(max_size=3),
+    st.none() | st.binary(max_size=3),
+)
+def test_columns_equal_items_for_any_bounds(
+    content: dict[bytes, bytes], start: bytes | None, stop: bytes | None
+) -> None:
+    store = MemoryNodeStore()
+    root, update = bulk_load(store, sorted(content.items()))
+    store.apply(update)
+    tree = Tree(store, root, cache=NodeCache(16))
+    runs = list(tree.columns(start, stop))
+    assert all(keys and len(keys) == len(values) for keys, values in runs)
+    flat = [(k, v) for keys, values in runs for k, v in zip(keys, values, strict=True)]
+    assert flat == list(tree.items(start, stop))
+
+
+def test_columns_pass_whole_leaves_through_and_load_blobs_lazily() -> None:
+    """A whole leaf without blobs is one run of the leaf's own tuples (no copy); a
+    leaf with blobs is a run per entry, each blob loaded when its run is taken."""
+    store = MemoryNodeStore()
+    keys = [key(i) for i in range(600)]
+    pairs = [(k, b"B" * 300 if i < 2 else b"v") for i, k in enumerate(keys)]
+    root, update = bulk_load(store, pairs)
+    store.apply(update)
+    tree = Tree(store, root, cache=NodeCache(64))
+    runs = list(tree.columns())
+    assert runs[0][0] == (keys[0],) and runs[1][0] == (keys[1],)  # the blob leaf, entry by entry
+    whole = [run_keys for run_keys, _ in runs if len(run_keys) > 1]
+    assert len(whole) > 10
+    for run_keys in whole[1:]:  # the first leaf's rest may be a part; the others are whole
+        leaf = tree._leaf_for(run_keys[0])
+        assert leaf is not None and run_keys is leaf.keys
+    store.loads = 0
+    Tree(store, root).get(keys[0])
+    descent = store.loads  # the path to the leaf, and the blob
+    store.loads = 0
+    lazy = Tree(store, root).columns()  # no cache: every load reaches the store
+    first_keys, first_values = next(lazy)
+    assert first_keys == (keys[0],) and first_values == (b"B" * 300,)
+    assert store.loads == descent  # the second entry's blob is not loaded yet
+    assert next(lazy)[1] == (b"B" * 300,) and store.loads == descent + 1
+    bounded = list(tree.columns(keys[1], keys[3]))
+    assert [k for run, _ in bounded for k in run] == keys[1:3]
+
+
 def test_reverse_items_load_blobs_lazily() -> None:
     store, root, keys = make(100)
     tree = Tree(store, root)
