@@ -496,6 +496,11 @@ class TreeWaveStore:
             self._upgrade()
         pin = None if writable else ebs.pin()
         try:
+            if pin is not None:
+                # Another writer may have committed since the open read the root
+                # (a fold deletes the old trees' nodes): read it again, through
+                # the pin the trees are read through, as refresh() does.
+                ebs.reload_root(pin.get)
             self._state = self._load(pin)
         except BaseException:
             if pin is not None:
