@@ -150,15 +150,21 @@ class _Batch:
         self.store = store
         self.reader = NodeReader(store, cache)
         self.opened: dict[NodeId, Leaf | Internal] = {}  # old nodes read, reused by the ledger
-        self.ledger = Ledger(store, self._node)
+        # A closure, not a bound method: a method would make the batch and its ledger a
+        # reference cycle, and everything a fold holds (the old nodes it opened,
+        # the new encoded ones, the view it read through) would wait for Python's
+        # cyclic collector instead of going when the update is done with.
+        opened, reader = self.opened, self.reader
+
+        def load_node(nid: NodeId) -> Node:
+            node = opened.get(nid)
+            return node if node is not None else reader.node(nid)
+
+        self.ledger = Ledger(store, load_node)
         self.new_blobs: dict[NodeId, bytes] = {}
         self.keys: list[bytes] = []
         self.values: list[Value | Delete] = []
         self.deletes = False  # whether any change is a DELETE
-
-    def _node(self, nid: NodeId) -> Node:
-        node = self.opened.get(nid)
-        return node if node is not None else self.reader.node(nid)
 
     def prepare(self, changes: Changes) -> None:
         """Check the changes and turn large values into (pending) blobs."""
