@@ -3,7 +3,7 @@
 Runs in a child process of its own, so that the peak resident set size belongs
 to this experiment alone::
 
-    python -m bench.pressure DIRECTORY SECONDS THREADS [WAVE_MAX_WRITES]
+    python -m bench.pressure DIRECTORY SECONDS THREADS [WAVE_MAX_WRITES [CACHE_MIB]]
 
 Producer threads write fresh random pairs into one persist table as fast as
 they can, never waiting for durability, for SECONDS; then one ``commit_wait``
@@ -13,7 +13,10 @@ commit, so the queue fills up to ``max_queued_waves`` and the multiplexer's
 back-pressure blocks the producers: memory must stay bounded by the wave caps,
 not grow with the amount written.  With the default caps a wave may hold
 100,000 writes, so a short run may end before the queue fills; a smaller
-WAVE_MAX_WRITES shows the back-pressure at work.  Prints one JSON object.
+WAVE_MAX_WRITES shows the back-pressure at work, and a small CACHE_MIB (the node
+cache's byte bound, ``persist.open(cache_bytes=...)``) makes the configured bound
+small enough that the commit's own working set shows against it.  Prints one JSON
+object.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 import psutil
 
 import persist
+from persist.db.treestore import DEFAULT_CACHE_BYTES
 from persist.mux import MuxConfig
 
 from .peers import RAW_KEY
@@ -47,13 +51,20 @@ def high_water_rss() -> int | None:
     return None
 
 
-def run(directory: Path, seconds: float, threads: int, config: MuxConfig) -> dict[str, Any]:
+def run(
+    directory: Path,
+    seconds: float,
+    threads: int,
+    config: MuxConfig,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+) -> dict[str, Any]:
     proc = psutil.Process()
     db = persist.open(
         str(directory / "store.db"),
         key=RAW_KEY,
         freshness=directory / "freshness.json",
         config=config,
+        cache_bytes=cache_bytes,
     )
     table = db.table("bench")
     first = proc.memory_info()
@@ -122,6 +133,7 @@ def run(directory: Path, seconds: float, threads: int, config: MuxConfig) -> dic
             "wave_max_bytes": config.wave_max_bytes,
             "max_queued_waves": config.max_queued_waves,
             "max_delay": config.max_delay,
+            "cache_bytes": cache_bytes,
         },
     }
 
@@ -129,7 +141,8 @@ def run(directory: Path, seconds: float, threads: int, config: MuxConfig) -> dic
 def main() -> None:
     directory, seconds, threads = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
     config = MuxConfig(wave_max_writes=int(sys.argv[4])) if len(sys.argv) > 4 else MuxConfig()
-    print(json.dumps(run(directory, seconds, threads, config)))
+    cache = int(sys.argv[5]) * 2**20 if len(sys.argv) > 5 else DEFAULT_CACHE_BYTES
+    print(json.dumps(run(directory, seconds, threads, config, cache)))
 
 
 if __name__ == "__main__":

@@ -344,7 +344,7 @@ def pressure_notes(results: dict[str, Any]) -> str:
             f"written (the queue of sealed waves reached {p['max_queue_depth']})"
         )
     return (
-        "Producers outpace the commits in both runs (accepted per second exceeds committed "
+        "Producers outpace the commits in every run (accepted per second exceeds committed "
         "per second, and a drain remains at the end). "
         + "; ".join(parts)[:1].upper()
         + "; ".join(parts)[1:]

@@ -18,6 +18,7 @@ import apsw
 
 import persist
 from persist.ebs import KdfParams
+from persist.mux import MuxConfig
 
 from .measure import clocked, log, rate, read_all, timed
 from .peers import PASSPHRASE, RAW_KEY, SQL_SCHEMA, STORES, disk_bytes
@@ -88,19 +89,28 @@ def durable_writes(profile: Profile, scratch: Scratch) -> dict[str, Any]:
 
 
 #: Wave caps of the memory experiment: the default, and small caps that fill the queue.
-PRESSURE_CAPS = {"default caps": None, "wave_max_writes=10,000": 10_000}
+#: name -> (wave_max_writes, node cache in MiB), None for the default
+PRESSURE_CAPS: dict[str, tuple[int | None, int | None]] = {
+    "default caps": (None, None),
+    "wave_max_writes=10,000": (10_000, None),
+    "wave_max_writes=10,000, cache_bytes=16 MiB": (10_000, 16),
+}
 
 
 def memory_pressure(profile: Profile, scratch: Scratch, threads: int = 4) -> dict[str, Any]:
     """Run :mod:`bench.pressure` in a child process per wave cap; return what each printed."""
     runs: dict[str, Any] = {}
-    for name, cap in PRESSURE_CAPS.items():
+    for name, (cap, cache_mib) in PRESSURE_CAPS.items():
         log(f"pressure: {threads} producers, {name}")
         with scratch.space("pressure") as directory:
             argv = [sys.executable, "-m", "bench.pressure", str(directory)]
             argv += [str(profile.pressure_seconds), str(threads)]
+            if cap or cache_mib:
+                argv.append(str(cap or MuxConfig().wave_max_writes))
+            if cache_mib:
+                argv.append(str(cache_mib))
             out = subprocess.run(
-                argv + ([str(cap)] if cap else []),
+                argv,
                 check=True,
                 capture_output=True,
                 text=True,

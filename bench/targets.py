@@ -12,6 +12,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from .measure import ratio_summary, summary
+from .workload import KEY_SIZE, VALUE_SIZE
+
+#: Python's memory per pending write besides its key and value: the wave's dictionary
+#: entry (measured with tracemalloc over 100,000 entries of 16 + 100 bytes).
+WAVE_ENTRY_OVERHEAD = 118
+#: persist.open's default node-cache bound (results recorded before it was reported).
+_DEFAULT_CACHE_BYTES = 256 * 2**20
+#: The back-pressure run whose configured bound is small enough to judge against.
+SMALL_CAPS = "wave_max_writes=10,000, cache_bytes=16 MiB"
+
+
+def configured_bound(run: dict[str, Any]) -> float:
+    """What a back-pressure run's configuration bounds, in bytes: ``max_queued_waves``
+    sealed waves and the open one, each at its cap (writes, or payload bytes) at the
+    real cost of a pending write, plus the node cache's byte bound."""
+    cfg = run["config"]
+    payload = KEY_SIZE + VALUE_SIZE
+    writes = min(cfg["wave_max_writes"], cfg["wave_max_bytes"] / payload)
+    waves = (cfg["max_queued_waves"] + 1) * writes * (payload + WAVE_ENTRY_OVERHEAD)
+    return float(waves + cfg.get("cache_bytes", _DEFAULT_CACHE_BYTES))
 
 
 @dataclass(frozen=True)
@@ -129,6 +149,23 @@ def judge(results: dict[str, Any]) -> list[Verdict]:
                 None,
                 f"+{grown:.0f} MiB while {p['bytes_written'] / 2**20:.0f} MiB were written "
                 "(default caps; see scenario 2)",
+            )
+        )
+    small = results.get("pressure", {}).get(SMALL_CAPS)
+    if small is not None:
+        grown = small["peak_rss"] - small["baseline_rss"]
+        bound = configured_bound(small)
+        headroom = bound / max(grown, 1)  # >= 0.5: the growth is within 2x of the bound
+        out.append(
+            Verdict(
+                "pressure_bound",
+                17,
+                "peak growth under back-pressure ≤ ~2x the configured bound "
+                "(10,000-write waves, 16 MiB node cache)",
+                {"median": headroom, "min": headroom, "max": headroom},
+                0.5,
+                f"+{grown / 2**20:.0f} MiB over a {bound / 2**20:.0f} MiB bound "
+                f"({grown / bound:.2f}x)",
             )
         )
     if "verify" in results:
