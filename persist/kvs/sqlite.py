@@ -164,8 +164,8 @@ class SQLiteStore(Store):
             raise StoreIOError(f"cannot lock store {self.location}: {exc}") from exc
         self._lock_fd = fd
 
-    def _connect(self, flags: int) -> apsw.Connection:
-        name = self._path
+    def _connect(self, flags: int, path: str | None = None) -> apsw.Connection:
+        name = self._path if path is None else path
         if self._immutable:
             name = "file:" + urllib.parse.quote(self._path) + "?immutable=1"
             flags |= apsw.SQLITE_OPEN_URI
@@ -178,7 +178,68 @@ class SQLiteStore(Store):
         except apsw.Error as exc:
             raise _translate(exc, self.location) from exc
 
+    def _remove_unfinished_creations(self) -> None:
+        """Delete what a creation killed mid-way left under its temporary name.
+        REQUIRES: the writer's lock file is held (no creation of this store runs)."""
+        directory = os.path.dirname(self._path) or "."
+        prefix = f".{os.path.basename(self._path)}.creating-"
+        try:
+            names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+        except OSError:
+            return
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+
+    def _create(self) -> None:
+        """Make a new store at the path in one step: built whole under a temporary
+        name (WAL mode, the table, the application id), then linked into place.
+
+        Built in place, a kill mid-way left an empty file or a hot rollback journal
+        that a read-only open cannot roll back (ReadOnlyError), although no store
+        was ever made; now the path holds nothing or a whole empty store.
+        REQUIRES: the writer's lock file is held.
+        """
+        directory = os.path.dirname(self._path) or "."
+        temporary = os.path.join(
+            directory, f".{os.path.basename(self._path)}.creating-{os.urandom(6).hex()}.db"
+        )
+        try:
+            conn = self._connect(apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE, temporary)
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()
+                if str(mode[0][0]).lower() != "wal":
+                    raise StoreError(f"store {self.location} cannot use WAL mode")
+                conn.execute("PRAGMA synchronous=FULL")
+                with conn:
+                    conn.execute(_SCHEMA)
+                    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except apsw.Error as exc:
+                raise _translate(exc, self.location) from exc
+            finally:
+                conn.close()  # the last connection: the WAL is folded in and removed
+            _fsync_file(temporary)
+            try:
+                os.link(temporary, self._path)  # never over a file that appeared meanwhile
+            except FileExistsError:
+                return  # someone else's file: the open below judges it
+            except OSError:  # no hard links on this file system
+                if os.path.exists(self._path):
+                    return
+                os.rename(temporary, self._path)
+            _fsync_dir(directory)
+        except OSError as exc:
+            raise StoreIOError(f"cannot create store {self.location}: {exc}") from exc
+        finally:
+            for leftover in (temporary, temporary + "-wal", temporary + "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+
     def _open_writer(self, *, created: bool) -> apsw.Connection:
+        self._remove_unfinished_creations()
+        if created:
+            self._create()
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         conn = self._connect(flags)
         try:
@@ -197,8 +258,6 @@ class SQLiteStore(Store):
         except BaseException:
             conn.close()
             raise
-        if created:
-            _fsync_dir(os.path.dirname(self._path))
         return conn
 
     def _check_schema(self, conn: apsw.Connection, *, creating: bool) -> None:
@@ -208,12 +267,19 @@ class SQLiteStore(Store):
         if app_id == APPLICATION_ID and tables == ["kv"]:
             return
         if app_id == 0 and not tables and creating:
+            # An empty file (left by a version that created stores in place): WAL
+            # first, so that no rollback journal is ever left behind.
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            if str(mode[0][0]).lower() != "wal":
+                raise StoreError(f"store {self.location} cannot use WAL mode")
             with conn:
                 conn.execute(_SCHEMA)
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             return
         if app_id == 0 and not tables:
-            raise NotAStore(f"{self.location} is an empty SQLite file, not a persist store")
+            # No table at all: no store was ever made here (a creation that did not
+            # finish, or an empty file); a writable open makes one.
+            raise StoreNotFound(f"no store at {self.location} (an empty SQLite file)")
         raise NotAStore(f"{self.location} is an SQLite database, but not a persist store")
 
     def _new_reader(self) -> apsw.Connection:
@@ -471,6 +537,14 @@ class _SQLiteSnapshot(Snapshot):
                 with contextlib.suppress(apsw.Error):
                     self._conn.execute("ROLLBACK")
                 self._sqlite._release(self._conn)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: str) -> None:

@@ -118,6 +118,63 @@ def test_sqlite_file_layout(tmp_path: Path) -> None:
     conn.close()
 
 
+@pytest.mark.parametrize("content", ["nothing", "a header"])
+def test_an_empty_sqlite_file_is_no_store_until_a_writer_makes_one(
+    tmp_path: Path, content: str
+) -> None:
+    """What a creation killed before it finished could leave (by the versions that
+    created stores in place): no store, for a reader; a writer makes one there."""
+    f = tmp_path / "s.db"
+    if content == "nothing":
+        f.write_bytes(b"")
+    else:
+        conn = apsw.Connection(str(f))
+        conn.execute("PRAGMA user_version=0")
+        conn.execute("VACUUM")  # writes the header: an SQLite database without a table
+        conn.close()
+        assert f.stat().st_size > 0
+    with pytest.raises(StoreNotFound, match="empty SQLite file"):
+        open_store(str(f), read_only=True)
+    with open_store(str(f)) as s:
+        s.write({b"k": b"v"})
+    with open_store(str(f), read_only=True) as s:
+        assert s.get(b"k") == b"v"
+
+
+def test_a_new_sqlite_store_appears_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new store is made under a temporary name and linked into place: at the link it
+    is already a whole empty store (WAL, the table, the application id), so a kill at
+    any moment leaves nothing, or that; what a killed creation left is removed by the
+    next writer."""
+    import os
+
+    f = tmp_path / "s.db"
+    stale = [tmp_path / ".s.db.creating-0123456789ab.db", tmp_path / ".s.db.creating-x.db-wal"]
+    for path in stale:
+        path.write_bytes(b"left by a killed creation")
+    other = tmp_path / ".other.db.creating-0123456789ab.db"
+    other.write_bytes(b"another store's")
+    seen: list[tuple[str, object, list[str]]] = []
+    real_link = os.link
+
+    def link(source: str, target: str) -> None:
+        conn = apsw.Connection(source, flags=apsw.SQLITE_OPEN_READONLY)
+        app_id = conn.execute("PRAGMA application_id").fetchall()[0][0]
+        mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")]
+        conn.close()
+        seen.append((mode, app_id, tables))
+        assert not f.exists()
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", link)
+    with open_store(str(f)) as s:
+        s.write({b"k": b"v"})
+    assert seen == [("wal", APPLICATION_ID, ["kv"])]
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert left == [other.name]  # its own leftovers are gone, another store's are not
+
+
 def test_sqlite_store_of_the_earlier_layout_still_works(tmp_path: Path) -> None:
     """Stores created with the ``WITHOUT ROWID`` table open, read and write as before."""
     f = tmp_path / "old.db"
