@@ -126,7 +126,7 @@ class SQLiteStore(Store):
                 self._release(self._new_reader())  # proves the file is a store
             else:
                 self._take_lock()
-                self._writer = self._open_writer(created=not exists)
+                self._writer = self._open_writer(created=not exists, create=create)
         except BaseException:
             self._close()
             raise
@@ -236,14 +236,14 @@ class SQLiteStore(Store):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)
 
-    def _open_writer(self, *, created: bool) -> apsw.Connection:
+    def _open_writer(self, *, created: bool, create: bool = True) -> apsw.Connection:
         self._remove_unfinished_creations()
         if created:
             self._create()
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         conn = self._connect(flags)
         try:
-            self._check_schema(conn, creating=True)
+            self._check_schema(conn, creating=create)
             sync = "FULL" if self.durable else "NORMAL"
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()
             if str(mode[0][0]).lower() != "wal":

@@ -135,6 +135,8 @@ def test_an_empty_sqlite_file_is_no_store_until_a_writer_makes_one(
         assert f.stat().st_size > 0
     with pytest.raises(StoreNotFound, match="empty SQLite file"):
         open_store(str(f), read_only=True)
+    with pytest.raises(StoreNotFound, match="empty SQLite file"):
+        open_store(str(f), create=False)  # nor does a writer that may not create
     with open_store(str(f)) as s:
         s.write({b"k": b"v"})
     with open_store(str(f), read_only=True) as s:

@@ -459,6 +459,10 @@ def test_scan_merges_waves_over_committed_state(
         reverse=reverse,
     )
     assert list(mux.scan("t", start, stop, reverse)) == want
+    if not reverse:  # the columns form of the same view (a table's forward iteration)
+        runs = list(mux.columns("t", start, stop))
+        assert all(keys for keys, _ in runs)
+        assert [(k, v) for ks, vs in runs for k, v in zip(ks, vs, strict=True)] == want
     mux.close()
 
 
