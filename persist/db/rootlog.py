@@ -175,6 +175,21 @@ def _union(ranges: Iterable[tuple[bytes, bytes | None]]) -> tuple[list[bytes], l
     return lows, highs
 
 
+def _outside(keys: list[bytes], ranges: Iterable[tuple[bytes, bytes | None]]) -> list[bytes]:
+    """The ascending ``keys`` that lie in none of the half-open ``ranges``."""
+    lows, highs = _union(ranges)
+    out: list[bytes] = []
+    at = 0
+    for lo, hi in zip(lows, highs, strict=True):
+        start = bisect_left(keys, lo, at)
+        out += keys[at:start]
+        if hi is None:
+            return out
+        at = max(start, bisect_left(keys, hi, start))
+    out += keys[at:]
+    return out
+
+
 def _inside(lows: list[bytes], highs: list[bytes | None], key: bytes) -> bool:
     i = bisect_right(lows, key) - 1
     if i < 0:
@@ -744,7 +759,10 @@ class RootLog:
         log._hint = self._carried_hints(skip=piece.table)
         if tab:  # the piece's table: its sorted keys (built to choose the piece) less the piece
             keys = self.sorted_keys(piece.table)
-            log._hint[piece.table] = ([k for k in keys if k in tab], None)
+            rest = _outside(keys, piece.ranges)  # slices: no look-up per key
+            if len(rest) != len(tab):  # not the piece's contract: filter key by key
+                rest = [k for k in keys if k in tab]
+            log._hint[piece.table] = (rest, None)
         log, dropped = log.dropping()
         return log, flushed, dropped
 

@@ -679,3 +679,20 @@ def test_the_sorted_keys_a_log_hands_on_are_its_keys_sorted(steps: list) -> None
         assert log.sorted_keys(table) == sorted(tab)
         keys, values = log.sorted_changes(table)
         assert keys == sorted(tab) and values == [tab[k] for k in keys]
+
+
+@given(
+    st.lists(st.binary(max_size=2), unique=True),
+    st.lists(st.tuples(st.binary(max_size=2), st.none() | st.binary(max_size=2)), max_size=4),
+)
+def test_the_keys_a_piece_leaves_are_the_keys_outside_its_ranges(
+    keys: list[bytes], ranges: list[tuple[bytes, bytes | None]]
+) -> None:
+    """What a masked log hands on as the piece's table's sorted keys is cut by slices
+    from the sorted keys (``_outside``), not by a look-up per key: the same keys."""
+    from persist.db.rootlog import _outside
+
+    keys.sort()
+    ranges = [(lo, hi) for lo, hi in ranges if hi is None or hi > lo]
+    want = [k for k in keys if not any(lo <= k and (hi is None or k < hi) for lo, hi in ranges)]
+    assert _outside(keys, ranges) == want
