@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -79,6 +80,18 @@ def _looks_like_leveldb(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "CURRENT"))
 
 
+#: What LevelDB writes into a new directory before its CURRENT file, which makes it
+#: a database: the lock, the info log, the first manifest, CURRENT's temporary file.
+_CREATION_DEBRIS = re.compile(r"LOCK|LOG|LOG\.old|MANIFEST-[0-9]+|[0-9]+\.dbtmp")
+
+
+def _unfinished_creation(path: str) -> bool:
+    """A directory holding only what a creation killed before CURRENT leaves: no
+    store (for a reader), one to create there (for a writer; LevelDB does)."""
+    names = os.listdir(path)
+    return bool(names) and all(_CREATION_DEBRIS.fullmatch(n) for n in names)
+
+
 class LevelDBStore(Store):
     def __init__(
         self, path: str, *, durable: bool = True, read_only: bool = False, create: bool = True
@@ -89,7 +102,12 @@ class LevelDBStore(Store):
         self._write_lock = threading.Lock()
         if os.path.exists(path) and not os.path.isdir(path):
             raise NotAStore(f"{self.location} is a file, not a LevelDB directory")
-        if os.path.isdir(path) and os.listdir(path) and not _looks_like_leveldb(path):
+        if (
+            os.path.isdir(path)
+            and os.listdir(path)
+            and not _looks_like_leveldb(path)
+            and not _unfinished_creation(path)
+        ):
             raise NotAStore(f"{self.location} is a directory that is not a LevelDB store")
         if (read_only or not create) and not _looks_like_leveldb(path):
             raise StoreNotFound(f"no store at {self.location}")

@@ -177,6 +177,33 @@ def test_a_new_sqlite_store_appears_whole(tmp_path: Path, monkeypatch: pytest.Mo
     assert left == [other.name]  # its own leftovers are gone, another store's are not
 
 
+def test_a_leveldb_creation_killed_before_current_is_no_store_until_a_writer_makes_one(
+    tmp_path: Path,
+) -> None:
+    """A kill inside LevelDB's creation can leave its lock, info log and first manifest
+    without the CURRENT file that makes the directory a database (seen in the crash
+    torture): no store for a reader, one to create for a writer, not NotAStore."""
+    d = tmp_path / "s.ldb"
+    d.mkdir()
+    for name in ("LOCK", "LOG", "MANIFEST-000001"):
+        (d / name).write_bytes(b"")
+    with pytest.raises(StoreNotFound):
+        open_store(f"leveldb://{d}", read_only=True)
+    with pytest.raises(StoreNotFound):
+        open_store(f"leveldb://{d}", create=False)
+    with open_store(f"leveldb://{d}") as s:
+        s.write({b"k": b"v"})
+    with open_store(f"leveldb://{d}", read_only=True) as s:
+        assert s.get(b"k") == b"v"
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("LOCK", "LOG", "notes.txt"):
+        (other / name).write_bytes(b"")
+    with pytest.raises(NotAStore, match="not a LevelDB store"):
+        open_store(f"leveldb://{other}")
+    assert sorted(p.name for p in other.iterdir()) == ["LOCK", "LOG", "notes.txt"]
+
+
 def test_sqlite_store_of_the_earlier_layout_still_works(tmp_path: Path) -> None:
     """Stores created with the ``WITHOUT ROWID`` table open, read and write as before."""
     f = tmp_path / "old.db"

@@ -370,24 +370,7 @@ def test_a_kill_while_creating_a_sqlite_store_leaves_it_readable(
     kill leaves no store (StoreNotFound) or an empty one, never a hot rollback journal
     a read-only open cannot roll back (ReadOnlyError) nor a file it calls NotAStore;
     and no temporary file is left once a writer has opened the store."""
-    rng = random.Random(int.from_bytes(os.urandom(4)))
-    landed = 0
-    for n in range(300):
-        location = str(tmp_path / f"new{n}.db")
-        acks = tmp_path / f"acks{n}"
-        pid = zygote.start("open-close", location=location, acks=str(acks), passphrase=PW)
-        time.sleep(rng.uniform(0, 0.03))
-        _kill(pid)
-        zygote.wait()
-        if "open" in Acks.read(acks) or not Path(location).exists():
-            continue
-        landed += 1
-        # the first open never returned: no store, or an empty one; not an error
-        with contextlib.suppress(persist.StoreNotFound):
-            _open_ro(location, False).close()
-        if landed == 30:
-            break
-    assert landed, "no kill landed inside the creation of a store"
+    landed = _kill_creations(zygote, tmp_path, lambda n: str(tmp_path / f"new{n}.db"))
     left = [p.name for p in tmp_path.iterdir() if ".creating-" in p.name]
     record("crash.sqlite_creation.kills_after_the_link", landed)
     record("crash.sqlite_creation.unfinished_creations_left", len(left))
@@ -404,3 +387,38 @@ def test_a_kill_while_creating_a_sqlite_store_leaves_it_readable(
             db.root["ok"] = True
     stale = [p.name for p in tmp_path.iterdir() if p.name[1:].startswith(tuple(stores))]
     assert not stale, (stale, left)
+
+
+def test_a_kill_while_creating_a_leveldb_store_leaves_it_readable(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    """The same kills on LevelDB, whose creation (plyvel's ``create_if_missing``, then
+    the keyslot and the first root in one batch) needed no change."""
+    landed = _kill_creations(zygote, tmp_path, lambda n: f"leveldb://{tmp_path / f'new{n}.ldb'}")
+    record("crash.leveldb_creation.kills_inside", landed)
+
+
+def _kill_creations(zygote: Zygote, tmp_path: Path, location_of: Any) -> int:
+    """Kill writers opening new stores at random moments until 30 kills landed after
+    the store appeared at its location and before the open returned; after each, a
+    read-only open finds no store or an empty one, without an error."""
+    rng = random.Random(int.from_bytes(os.urandom(4)))
+    landed = 0
+    for n in range(300):
+        location = location_of(n)
+        acks = tmp_path / f"acks{n}"
+        pid = zygote.start("open-close", location=location, acks=str(acks), passphrase=PW)
+        time.sleep(rng.uniform(0, 0.03))
+        _kill(pid)
+        zygote.wait()
+        path = Path(location.removeprefix("leveldb://"))
+        if "open" in Acks.read(acks) or not path.exists():
+            continue
+        landed += 1
+        # the first open never returned: no store, or an empty one; not an error
+        with contextlib.suppress(persist.StoreNotFound):
+            _open_ro(location, False).close()
+        if landed == 30:
+            break
+    assert landed, "no kill landed inside the creation of a store"
+    return landed
