@@ -403,12 +403,22 @@ def _kill_creations(zygote: Zygote, tmp_path: Path, location_of: Any) -> int:
     the store appeared at its location and before the open returned; after each, a
     read-only open finds no store or an empty one, without an error."""
     rng = random.Random(int.from_bytes(os.urandom(4)))
+    # How long a creation takes on this machine (the kills are spread over it)
+    spans = []
+    for n in range(3):
+        acks = tmp_path / f"calibrate{n}"
+        started = time.monotonic()
+        zygote.start("open-close", location=location_of(-1 - n), acks=str(acks), passphrase=PW)
+        assert wait_for_line(acks, "open", 60), "a creation did not finish"
+        spans.append(time.monotonic() - started)
+        zygote.wait()
+    span = max(0.03, 1.2 * sorted(spans)[1])
     landed = 0
     for n in range(300):
         location = location_of(n)
         acks = tmp_path / f"acks{n}"
         pid = zygote.start("open-close", location=location, acks=str(acks), passphrase=PW)
-        time.sleep(rng.uniform(0, 0.03))
+        time.sleep(rng.uniform(0, span))
         _kill(pid)
         zygote.wait()
         path = Path(location.removeprefix("leveldb://"))
