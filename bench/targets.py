@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from persist.db.treestore import DEFAULT_CACHE_BYTES
+
 from .measure import ratio_summary, summary
 from .workload import KEY_SIZE, VALUE_SIZE
 
 #: Python's memory per pending write besides its key and value: the wave's dictionary
 #: entry (measured with tracemalloc over 100,000 entries of 16 + 100 bytes).
 WAVE_ENTRY_OVERHEAD = 118
-#: persist.open's default node-cache bound (results recorded before it was reported).
-_DEFAULT_CACHE_BYTES = 256 * 2**20
 #: The back-pressure run whose configured bound is small enough to judge against.
 SMALL_CAPS = "wave_max_writes=10,000, cache_bytes=16 MiB"
 
@@ -31,7 +31,8 @@ def configured_bound(run: dict[str, Any]) -> float:
     payload = KEY_SIZE + VALUE_SIZE
     writes = min(cfg["wave_max_writes"], cfg["wave_max_bytes"] / payload)
     waves = (cfg["max_queued_waves"] + 1) * writes * (payload + WAVE_ENTRY_OVERHEAD)
-    return float(waves + cfg.get("cache_bytes", _DEFAULT_CACHE_BYTES))
+    # (results recorded before the cache was reported ran with the default)
+    return float(waves + cfg.get("cache_bytes", DEFAULT_CACHE_BYTES))
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,13 @@ from .cache import NodeCache, NodeReader
 from .node import BlobRef, Internal, Leaf, Value
 from .nodestore import NodeId, NodeSource
 
-__all__ = ["Columns", "Tree"]
+__all__ = ["Tree"]
 
 #: Part of one leaf in a range: its keys and values, and the indexes ``[lo, hi)``.
 _Span: TypeAlias = tuple[tuple[bytes, ...], tuple[Value, ...], int, int]
-#: A run of entries as two columns: ascending keys, and their values (never empty).
-Columns: TypeAlias = tuple[Sequence[bytes], Sequence[bytes]]
+#: A run of entries as two columns: ascending keys, and their values (never empty;
+#: persist.mux.Columns, the same shape, is what the layers above call it).
+_Columns: TypeAlias = tuple[Sequence[bytes], Sequence[bytes]]
 
 
 def _no_peek(nid: NodeId) -> None:
@@ -175,7 +176,7 @@ class Tree:
             else:
                 yield zip(keys[lo:hi], data[lo:hi], strict=True)
 
-    def columns(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[Columns]:
+    def columns(self, start: bytes | None = None, stop: bytes | None = None) -> Iterator[_Columns]:
         """:meth:`items` ascending, as runs of two columns: each leaf's part of
         the range as ``(keys, values)``, the leaf's own tuples when it is whole.
 

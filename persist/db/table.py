@@ -45,6 +45,13 @@ _RUN_FIRST = 4
 _RUN_BYTES = 64 * 1024
 
 
+def _next_size(size: int, values: Sequence[bytes]) -> int:
+    """The next run's length after a run of ``values``: twice ``size``, at most
+    :data:`_RUN_MAX`, fewer when the values are large (about _RUN_BYTES read ahead)."""
+    held = sum(map(len, values))
+    return max(1, min(_RUN_MAX, 2 * size, _RUN_BYTES * len(values) // max(held, 1)))
+
+
 def _decoded(
     part: str,
     keys: Sequence[bytes],
@@ -104,8 +111,7 @@ class RangeView(MappingView):
             if len(keys) < size:
                 continue
             yield _decoded(part, keys, values, decode_values)
-            held = sum(map(len, values))
-            size = max(1, min(_RUN_MAX, 2 * size, _RUN_BYTES * len(values) // max(held, 1)))
+            size = _next_size(size, values)
             keys, values = [], []
         if keys:
             yield _decoded(part, keys, values, decode_values)
@@ -123,8 +129,7 @@ class RangeView(MappingView):
             yield _decoded(part, keys, values, decode_values)
             if len(run) < size:
                 return  # the scan is exhausted
-            held = sum(map(len, values))
-            size = max(1, min(_RUN_MAX, 2 * size, _RUN_BYTES * size // max(held, 1)))
+            size = _next_size(size, values)
 
     def _lookup(self, key: object) -> bytes | None:
         """The stored value of ``key`` if it lies in this view's range (one point

@@ -51,6 +51,7 @@ from bisect import bisect_left
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import chain
+from typing import TypeVar
 
 from ..btree import (
     MAX_KEY_SIZE,
@@ -70,6 +71,8 @@ from ..errors import ClosedError, IntegrityError, PersistError
 from ..kvs import Snapshot
 from ..mux import Columns, StaleState, merge_columns
 from .rootlog import LOG_DESCRIPTOR, LogLimits, Piece, RootLog, fold_estimate
+
+_R = TypeVar("_R")
 
 __all__ = [
     "COUNT_PREFIX",
@@ -390,11 +393,7 @@ class _State:
         """
         ts = self.trees
         ts.enter()
-        runs = self._runs(ts, table, start, stop, reverse)
-        first = next(runs, None)
-        if first is None:
-            return iter(())
-        return chain(first, chain.from_iterable(runs))
+        return chain.from_iterable(_started(self._runs(ts, table, start, stop, reverse)))
 
     def _runs(
         self, ts: _TreeSet, table: str, start: bytes | None, stop: bytes | None, reverse: bool
@@ -417,11 +416,7 @@ class _State:
         entry.  The first run is taken now, as :meth:`scan` takes it."""
         ts = self.trees
         ts.enter()
-        runs = self._column_runs(ts, table, start, stop)
-        first = next(runs, None)
-        if first is None:
-            return iter(())
-        return chain((first,), runs)
+        return _started(self._column_runs(ts, table, start, stop))
 
     def _column_runs(
         self, ts: _TreeSet, table: str, start: bytes | None, stop: bytes | None
@@ -494,18 +489,10 @@ class TreeWaveStore:
         self._fold_cursor: dict[str, bytes] = {}
         if writable and ebs.version < 2:
             self._upgrade()
-        pin = None if writable else ebs.pin()
-        try:
-            if pin is not None:
-                # Another writer may have committed since the open read the root
-                # (a fold deletes the old trees' nodes): read it again, through
-                # the pin the trees are read through, as refresh() does.
-                ebs.reload_root(pin.get)
-            self._state = self._load(pin)
-        except BaseException:
-            if pin is not None:
-                pin.close()
-            raise
+        # A read-only store reads another writer's commits: the root too comes
+        # through the pin its trees are read through (read before it, the root
+        # could name trees a commit landing in between had deleted).
+        self._state = self._load(None) if writable else self._load_pinned()
 
     # -- loading -----------------------------------------------------------------
 
@@ -546,15 +533,18 @@ class TreeWaveStore:
 
     def refresh(self) -> None:
         """A read-only store: move to the newest commit (another process's)."""
+        old, self._state = self._state, self._load_pinned()
+        old.trees.retire()
+
+    def _load_pinned(self) -> _State:
+        """The state of the newest root, root and all read through a new pin."""
         pin = self.ebs.pin()
         try:
             self.ebs.reload_root(pin.get)
-            state = self._load(pin)
+            return self._load(pin)
         except BaseException:
             pin.close()
             raise
-        old, self._state = self._state, state
-        old.trees.retire()
 
     def _store(self, name: str, *, empty: bool = False) -> EbsNodeStore:
         """The writer's node store of ``name``; ``empty``: its tree is empty now."""
@@ -910,6 +900,14 @@ class TreeWaveStore:
         except PersistError:
             return False
         return True
+
+
+def _started(runs: Iterator[_R]) -> Iterator[_R]:
+    """``runs`` with its first item taken now: that starts the generator, so that
+    dropping the result unfinished, or never reading it, still runs its
+    ``finally`` (which leaves the read)."""
+    first = next(runs, None)
+    return iter(()) if first is None else chain((first,), runs)
 
 
 def _foldable(table: str, changes: Mapping[bytes, bytes | None]) -> Mapping[bytes, bytes | None]:

@@ -85,11 +85,14 @@ def _looks_like_leveldb(path: str) -> bool:
 _CREATION_DEBRIS = re.compile(r"LOCK|LOG|LOG\.old|MANIFEST-[0-9]+|[0-9]+\.dbtmp")
 
 
-def _unfinished_creation(path: str) -> bool:
-    """A directory holding only what a creation killed before CURRENT leaves: no
-    store (for a reader), one to create there (for a writer; LevelDB does)."""
-    names = os.listdir(path)
-    return bool(names) and all(_CREATION_DEBRIS.fullmatch(n) for n in names)
+def _foreign_directory(path: str) -> bool:
+    """A non-empty directory that is no LevelDB store, not even an unfinished one.
+
+    A directory holding only what a creation killed before CURRENT leaves is no
+    store for a reader and one to create for a writer (LevelDB does that)."""
+    if not os.path.isdir(path) or _looks_like_leveldb(path):
+        return False
+    return not all(_CREATION_DEBRIS.fullmatch(n) for n in os.listdir(path))
 
 
 class LevelDBStore(Store):
@@ -102,12 +105,7 @@ class LevelDBStore(Store):
         self._write_lock = threading.Lock()
         if os.path.exists(path) and not os.path.isdir(path):
             raise NotAStore(f"{self.location} is a file, not a LevelDB directory")
-        if (
-            os.path.isdir(path)
-            and os.listdir(path)
-            and not _looks_like_leveldb(path)
-            and not _unfinished_creation(path)
-        ):
+        if _foreign_directory(path):
             raise NotAStore(f"{self.location} is a directory that is not a LevelDB store")
         if (read_only or not create) and not _looks_like_leveldb(path):
             raise StoreNotFound(f"no store at {self.location}")

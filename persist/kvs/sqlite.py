@@ -207,13 +207,7 @@ class SQLiteStore(Store):
         try:
             conn = self._connect(apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE, temporary)
             try:
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()
-                if str(mode[0][0]).lower() != "wal":
-                    raise StoreError(f"store {self.location} cannot use WAL mode")
-                conn.execute("PRAGMA synchronous=FULL")
-                with conn:
-                    conn.execute(_SCHEMA)
-                    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                self._make_schema(conn)
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except apsw.Error as exc:
                 raise _translate(exc, self.location) from exc
@@ -244,11 +238,8 @@ class SQLiteStore(Store):
         conn = self._connect(flags)
         try:
             self._check_schema(conn, creating=create)
-            sync = "FULL" if self.durable else "NORMAL"
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()
-            if str(mode[0][0]).lower() != "wal":
-                raise StoreError(f"store {self.location} cannot use WAL mode")
-            conn.execute(f"PRAGMA synchronous={sync}")
+            self._use_wal(conn)
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             # Deleted rows are overwritten, not left in free pages for whoever
             # holds the file later (a rotated-out key, a deleted node).
             conn.execute("PRAGMA secure_delete=ON")
@@ -260,6 +251,20 @@ class SQLiteStore(Store):
             raise
         return conn
 
+    def _use_wal(self, conn: apsw.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        if str(mode[0][0]).lower() != "wal":
+            raise StoreError(f"store {self.location} cannot use WAL mode")
+
+    def _make_schema(self, conn: apsw.Connection) -> None:
+        """Make the empty database of ``conn`` a store: WAL first, so that no rollback
+        journal is ever left behind, then the table and the application id."""
+        self._use_wal(conn)
+        conn.execute("PRAGMA synchronous=FULL")
+        with conn:
+            conn.execute(_SCHEMA)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+
     def _check_schema(self, conn: apsw.Connection, *, creating: bool) -> None:
         """Refuse a file that is not a persist store; create the table in a new one."""
         app_id = conn.execute("PRAGMA application_id").fetchall()[0][0]
@@ -267,14 +272,7 @@ class SQLiteStore(Store):
         if app_id == APPLICATION_ID and tables == ["kv"]:
             return
         if app_id == 0 and not tables and creating:
-            # An empty file (left by a version that created stores in place): WAL
-            # first, so that no rollback journal is ever left behind.
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchall()
-            if str(mode[0][0]).lower() != "wal":
-                raise StoreError(f"store {self.location} cannot use WAL mode")
-            with conn:
-                conn.execute(_SCHEMA)
-                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            self._make_schema(conn)  # an empty file (a version that created in place left it)
             return
         if app_id == 0 and not tables:
             # No table at all: no store was ever made here (a creation that did not

@@ -93,6 +93,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 from ..errors import ClosedError, CommitFailed, IntegrityError
 from .wave import (
@@ -107,6 +108,8 @@ from .wave import (
 )
 
 __all__ = ["AtomicBlock", "Metrics", "Multiplexer", "MuxConfig"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("persist.mux")
 
@@ -558,14 +561,9 @@ class Multiplexer:
         iteration begins, so later writes, and commits landing meanwhile,
         change nothing it yields.
         """
-        seen = None
-        while True:
-            pending, state, seen = self._pending(table, start, stop, seen)
-            try:
-                committed = state.scan(table, start, stop, reverse)
-            except StaleState:
-                continue
-            break
+        pending, committed = self._over_pending(
+            table, start, stop, lambda state: state.scan(table, start, stop, reverse)
+        )
         if not pending:
             return committed
         return merge_pending(committed, sorted(pending.items(), reverse=reverse), reverse)
@@ -575,17 +573,30 @@ class Multiplexer:
     ) -> Iterator[Columns]:
         """:meth:`scan` ascending, as runs of two columns (the fast path of a
         table's iteration); the same one view, taken now (rule 1)."""
+        pending, committed = self._over_pending(
+            table, start, stop, lambda state: state.columns(table, start, stop)
+        )
+        if not pending:
+            return committed
+        return merge_columns(committed, sorted(pending.items()))
+
+    def _over_pending(
+        self,
+        table: str,
+        start: bytes | None,
+        stop: bytes | None,
+        read: Callable[[CommittedState], _T],
+    ) -> tuple[dict[bytes, bytes | None], _T]:
+        """The pending changes of ``table`` in ``[start, stop)`` and ``read`` of the
+        committed state they lie over (rule 1), taken again from a newer view when
+        that state went stale."""
         seen = None
         while True:
             pending, state, seen = self._pending(table, start, stop, seen)
             try:
-                committed = state.columns(table, start, stop)
+                return pending, read(state)
             except StaleState:
                 continue
-            break
-        if not pending:
-            return committed
-        return merge_columns(committed, sorted(pending.items()))
 
     def count(self, table: str) -> int:
         """Entries of ``table``: the committed count with the pending changes over it.
