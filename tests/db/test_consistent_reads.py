@@ -235,15 +235,14 @@ def test_a_read_only_handle_iterates_one_state_beside_a_writer(
             assert reader.table("t")[7] == b"new 2"
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+@pytest.mark.parametrize("location", ["sqlite", "memory"], indirect=True)  # LevelDB: one handle
 def test_a_read_only_open_beside_a_writer_reads_the_state_its_pin_holds(
-    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    location: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A writer's fold lands between the read-only open's reading of the root and the
     pin it reads the trees through (as a killed client's last commit lands on
     PostgreSQL after the client is gone): the pin no longer holds the nodes of that
     root. The handle reads the root through its pin, so it sees one whole state."""
-    location = _location(kind, tmp_path)
     from persist.ebs import EncryptedStore
 
     with _open(location, root_log=persist.LogLimits(0, 0)) as writer:
@@ -263,10 +262,6 @@ def test_a_read_only_open_beside_a_writer_reads_the_state_its_pin_holds(
             assert got == dict.fromkeys(range(3000), b"new")
             assert len(reader.table("t")) == 3000 and reader.table("t")[5] == b"new"
             assert reader.verify() == []
-    if kind == "memory":
-        from persist.kvs.memory import drop_named_store
-
-        drop_named_store(tmp_path.name)
 
 
 def test_an_iteration_dropped_unfinished_or_never_started_releases_its_state(

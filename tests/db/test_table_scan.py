@@ -72,6 +72,19 @@ def test_views_of_tuple_and_int_keys(tmp_path: Path) -> None:
         check_views(n, ints, [-(2**70), -1, 0, 7919, 2**70])
 
 
+def _churn(
+    t: persist.Table, model: dict[bytes, Any], rng: random.Random, writes: int, sizes: list[int]
+) -> None:
+    """``writes`` random writes to ``t`` and ``model``: deletes of present keys, else puts."""
+    for _ in range(writes):
+        key = b"%05d" % rng.randrange(20_000)
+        if key in model and rng.random() < 0.4:
+            del t[key]
+            del model[key]
+        else:
+            model[key] = t[key] = rng.randbytes(rng.choice(sizes))
+
+
 def test_views_over_trees_log_and_pending_at_once(tmp_path: Path) -> None:
     """A forward iteration takes the trees' leaves as runs of columns and lays the
     root log, then the pending waves, over them: entries of all three layers, with
@@ -87,23 +100,11 @@ def test_views_over_trees_log_and_pending_at_once(tmp_path: Path) -> None:
         db._trees.fold()
         assert db._trees.tree("t") is not None and not db._trees.log.tables.get("t")
         for _ in range(6):  # small waves: the root log, over the folded tree
-            for _ in range(40):
-                key = b"%05d" % rng.randrange(20_000)
-                if key in model and rng.random() < 0.4:
-                    del t[key]
-                    del model[key]
-                else:
-                    model[key] = t[key] = rng.randbytes(rng.choice([5, 400]))
+            _churn(t, model, rng, 40, [5, 400])
             db.commit_wait()
         assert db._trees.log.tables.get("t")
         with db.atomic():  # pending: over the log and the tree, not committed yet
-            for _ in range(60):
-                key = b"%05d" % rng.randrange(20_000)
-                if key in model and rng.random() < 0.4:
-                    del t[key]
-                    del model[key]
-                else:
-                    model[key] = t[key] = rng.randbytes(7)
+            _churn(t, model, rng, 60, [7])
             check_views(t, model, [b"", b"0", b"05", b"10000", b"19999", b"3"])
         db.commit_wait()
         check_views(t, model, [b"", b"07", b"12345", b"3"])
