@@ -89,6 +89,7 @@ from ..mux import merge_pending
 __all__ = [
     "LOG_DESCRIPTOR",
     "MAX_MASKS",
+    "PIECES_PER_ROUND",
     "LogLimits",
     "Mask",
     "Piece",
@@ -114,6 +115,10 @@ _MASK = struct.Struct(">HHHI")
 _NO_HIGH = 0xFFFF
 #: masks a log may carry before a piece rewrites the live log instead (rule 7)
 MAX_MASKS = 64
+#: Most pieces a round of a cursor takes (about): a piece is made at least
+#: 1/PIECES_PER_ROUND of the log's whole fold, so that the masks of the two
+#: rounds a log holds at most (plus a wrap-around each) fit in MAX_MASKS.
+PIECES_PER_ROUND = MAX_MASKS * 3 // 8
 #: rows nothing live is left in that one commit deletes at most (rule 7)
 DROP_ROWS = 8
 _TAIL_LEN = struct.Struct(">I")

@@ -70,7 +70,14 @@ from ..ebs import EncryptedStore, Table, WriteBatch
 from ..errors import ClosedError, IntegrityError, PersistError
 from ..kvs import Snapshot
 from ..mux import Columns, StaleState, merge_columns
-from .rootlog import LOG_DESCRIPTOR, LogLimits, Piece, RootLog, fold_estimate
+from .rootlog import (
+    LOG_DESCRIPTOR,
+    PIECES_PER_ROUND,
+    LogLimits,
+    Piece,
+    RootLog,
+    fold_estimate,
+)
 
 _R = TypeVar("_R")
 
@@ -591,9 +598,8 @@ class TreeWaveStore:
         to fold everything (a wave too large for the log, a cheap whole fold,
         piece folding off)."""
         limits = self.log_limits
-        budget = limits.piece_nodes
         log = state.log
-        if not budget or not log.tables:
+        if not limits.piece_nodes or not log.tables:
             return None
         wave_keys = sum(map(len, changes.values()))
         if wave_keys > limits.max_entries // 2:
@@ -605,7 +611,13 @@ class TreeWaveStore:
             name: fold_estimate(len(tab), trees.tree_count(name))
             for name, tab in log.tables.items()
         }
-        if sum(costs.values()) <= 2 * budget:
+        whole = sum(costs.values())
+        # Masks live about two rounds of the cursor (a row is dropped once a
+        # round after it is done): pieces at least this large keep a round
+        # short enough for two to fit in MAX_MASKS, instead of ending every
+        # other round in a rewrite of the whole live log (rule 7's bound).
+        budget = max(float(limits.piece_nodes), whole / PIECES_PER_ROUND)
+        if whole <= 2 * budget:
             return None  # the whole log costs about a piece: fold it and start afresh
         name = max(costs, key=costs.__getitem__)
         keys = log.sorted_keys(name)
