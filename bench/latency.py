@@ -1,6 +1,7 @@
 """Commit-wait latency of durable writes: p50, p99 and max per system, at T threads.
 
     .venv/bin/python -m bench.latency [WRITES_AT_T1] [SECONDS_AT_T64]
+    .venv/bin/python -m bench.latency --preload N [WRITES_AT_T1]
 
 T=1: one thread makes WRITES_AT_T1 durable writes (default 20,000: the issue's
 figure, enough to include several folds of persist's root log) and the latency
@@ -9,6 +10,12 @@ of each one is kept.  T=64: 64 threads write for SECONDS_AT_T64 seconds (default
 scratch directory; the systems are the writers of :mod:`bench.writers`.  Not
 part of ``python -m bench`` (it takes a few minutes); its output goes into
 docs/benchmarks.md by hand, beside the throughput of the same run.
+
+``--preload N``: T=1 only, each system's store first filled with N random
+pairs in its fastest bulk path (persist: atomic blocks of 10,000 writes;
+apsw: one transaction; plyvel: write batches of 10,000), so that the lone
+writer writes into a large tree: its folds then rewrite about a leaf per
+key, where a fresh store's log folds into a few leaves.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ import threading
 import time
 from pathlib import Path
 
+import apsw
+
 from .workload import DEFAULT_SCRATCH, KEY_SIZE, SEED, VALUE_SIZE
-from .writers import SYSTEMS
+from .writers import SYSTEMS, ApswWriters, PersistWriters, PlyvelWriters
 
 LATENCY_SYSTEMS = ["persist-sqlite", "persist-leveldb", "apsw", "plyvel", "plyvel-group"]
 
@@ -41,6 +50,49 @@ def at_one_thread(sid: str, writes: int, directory: Path) -> dict[str, float]:
     system = SYSTEMS[sid][1](directory, 1)
     write = system.writer()
     rng = random.Random(SEED)
+    lat = []
+    start = time.perf_counter()
+    for _ in range(writes):
+        t = time.perf_counter()
+        write(rng.randbytes(KEY_SIZE), rng.randbytes(VALUE_SIZE))
+        lat.append(time.perf_counter() - t)
+    elapsed = time.perf_counter() - start
+    system.close()
+    return {**_percentiles(lat), "rate": writes / elapsed}
+
+
+def preload(system: object, pairs: int, rng: random.Random) -> None:
+    """Fill a fresh system's store with ``pairs`` random pairs, in bulk."""
+    chunk = 10_000
+    for done in range(0, pairs, chunk):
+        batch = [
+            (rng.randbytes(KEY_SIZE), rng.randbytes(VALUE_SIZE))
+            for _ in range(min(chunk, pairs - done))
+        ]
+        if isinstance(system, PersistWriters):
+            with system.db.atomic():
+                for key, value in batch:
+                    system.table[key] = value
+            system.db.commit_wait()
+        elif isinstance(system, ApswWriters):
+            conn = apsw.Connection(system.path)
+            with conn:
+                conn.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)", batch)
+            conn.close()
+        elif isinstance(system, PlyvelWriters):
+            with system.ldb.write_batch(sync=True) as wb:
+                for key, value in batch:
+                    wb.put(key, value)
+        else:
+            raise TypeError(f"no bulk path for {type(system).__name__}")
+
+
+def into_a_large_store(sid: str, pairs: int, writes: int, directory: Path) -> dict[str, float]:
+    """``at_one_thread`` after :func:`preload` of ``pairs`` pairs."""
+    system = SYSTEMS[sid][1](directory, 1)
+    rng = random.Random(SEED + 1)
+    preload(system, pairs, rng)
+    write = system.writer()
     lat = []
     start = time.perf_counter()
     for _ in range(writes):
@@ -81,8 +133,35 @@ def at_threads(sid: str, threads: int, seconds: float, directory: Path) -> dict[
 
 
 def main() -> None:
-    writes = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0
+    args = sys.argv[1:]
+    pairs = 0
+    if args[:1] == ["--preload"]:
+        pairs, args = int(args[1]), args[2:]
+    writes = int(args[0]) if args else 20_000
+    if pairs:
+        _large(pairs, writes)
+        return
+    seconds = float(args[1]) if len(args) > 1 else 4.0
+    _fresh(writes, seconds)
+
+
+def _large(pairs: int, writes: int) -> None:
+    print(f"| system (T=1, {pairs:,} pairs first) | writes | writes/s | p50 ms | p99 ms | max ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for sid in LATENCY_SYSTEMS:
+        if sid == "plyvel-group":
+            continue  # one thread: the same as plyvel's locked put
+        DEFAULT_SCRATCH.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="latency-", dir=DEFAULT_SCRATCH) as tmp:
+            r = into_a_large_store(sid, pairs, writes, Path(tmp))
+        print(
+            f"| {SYSTEMS[sid][0]} | {r['writes']:,.0f} | {r['rate']:,.0f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} |",
+            flush=True,
+        )
+
+
+def _fresh(writes: int, seconds: float) -> None:
     print("| system | T | writes | writes/s | p50 ms | p99 ms | max ms |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for threads in (1, 64):
