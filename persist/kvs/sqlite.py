@@ -112,6 +112,8 @@ class SQLiteStore(Store):
         self._writer: apsw.Connection | None = None
         #: WAL frames the last checkpoint could not copy (a snapshot held them)
         self._behind = 0
+        #: the thread of the last commit (a snapshot it closes catches up, below)
+        self._committer = 0
         self._immutable = False
         if os.path.isdir(self._path):
             raise NotAStore(f"{path} is a directory, not an SQLite store")
@@ -354,8 +356,8 @@ class SQLiteStore(Store):
         if pages >= _CHECKPOINT_PAGES:
             try:
                 frames, copied = conn.wal_checkpoint(name)
-            except apsw.Error:  # busy or the like: the next commit tries again
-                return apsw.SQLITE_OK
+            except apsw.Error:  # busy or the like: nothing copied; tried again later
+                frames, copied = pages, 0
             self._behind = max(frames - copied, 0)
         return apsw.SQLITE_OK
 
@@ -453,6 +455,7 @@ class SQLiteStore(Store):
                 if deletes:
                     conn.executemany("DELETE FROM kv WHERE k = ?", [(k,) for k in deletes])
                 conn.executemany(_UPSERT, puts)
+                self._committer = threading.get_ident()
                 conn.execute("COMMIT")
                 return True
             except BaseException as exc:
@@ -578,6 +581,12 @@ class _SQLiteSnapshot(Snapshot):
                 with contextlib.suppress(apsw.Error):
                     self._conn.execute("ROLLBACK")
                 self._sqlite._release(self._conn)
+        # The committing thread letting go of the pin of its own fold (the
+        # multiplexer retires it as it publishes the commit) copies what the
+        # pin kept the commit's checkpoint from copying: the writer pays for
+        # its own large commit, not the next small one; a reader never does.
+        if self._sqlite._committer == threading.get_ident():
+            self._sqlite._catch_up()
 
 
 def _fsync_file(path: str) -> None:

@@ -305,3 +305,37 @@ def test_a_run_of_pinned_commits_lets_the_sqlite_wal_start_over(
         assert store.get(b"39-0") == bytes([39]) * 3000
     finally:
         store.close()
+
+
+def test_the_committing_thread_closing_its_pin_copies_what_the_pin_held_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold's pin is let go by the thread that committed (as the commit is
+    published): it then copies what the pin kept the commit's checkpoint from
+    copying, so that the next small commit does not (a bulk load's last wave
+    left 66-72 ms of it to the first lone write after it).  A pin another
+    thread closes copies nothing: a reader does not pay for the writer."""
+    import threading
+
+    import persist.kvs.sqlite as sqlite
+
+    monkeypatch.setattr(sqlite, "_CHECKPOINT_PAGES", 16)
+    store = open_store(str(tmp_path / "w.db"))
+    try:
+        rows = [(b"k%d" % i, bytes(3000)) for i in range(40)]
+        pin = store.snapshot()
+        store.write(rows, [])
+        assert store._behind >= 16  # the pin held the checkpoint back
+        closer = threading.Thread(target=pin.close)
+        closer.start()
+        closer.join()
+        assert store._behind >= 16  # closed by another thread: nothing copied
+        pin = store.snapshot()  # (the idle writer's backlog is copied first)
+        assert store._behind == 0
+        store.write([(key, b"\x01" * 3000) for key, _ in rows], [])  # (new bytes: pages written)
+        assert store._behind >= 16
+        pin.close()  # by the committing thread
+        assert store._behind == 0
+        assert store.get(b"k39") == b"\x01" * 3000
+    finally:
+        store.close()
