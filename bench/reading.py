@@ -10,8 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from persist import LogLimits
+
 from .measure import fmt_rate, fmt_seconds, ratio_summary, summary
 from .targets import Verdict
+
+#: the root log's default bounds, which the prose names
+_LIMITS = LogLimits()
 
 
 def _m(values: list[float]) -> float:
@@ -95,8 +100,9 @@ def target_notes(results: dict[str, Any], verdicts: list[Verdict]) -> list[str]:
             f"row about every seventh commit, no tree node), on the caller's thread (the "
             f"leader path): {fmt_seconds(commit_one)} per single-write wave. At T={top} a "
             f"wave held {per_wave:.0f} writes and took {fmt_seconds(commit)} on average, "
-            "folds of the root log into the trees included (a fold every 8,192 logged keys "
-            "while the tree is small, about every 2,048 once each key costs a leaf of its own)."
+            "folds of the root log into the trees included (folding in pieces begins once "
+            f"the log holds {_LIMITS.max_entries:,} keys while the tree is small, about "
+            f"{_LIMITS.fold_nodes:,} once each key costs a leaf of its own)."
         )
         if mux:
             mux_one = _ratio(r["persist-mux"][str(one)], r["apsw"][str(one)])

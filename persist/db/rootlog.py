@@ -260,7 +260,7 @@ class LogLimits:
     #: Most bytes of segments (per change: table name, key and value, plus 8 bytes).
     max_bytes: int = 2 * 1024 * 1024
     #: Tree nodes a fold may rewrite (estimated); the log folds once it would reach this.
-    fold_nodes: int = 2048
+    fold_nodes: int = 4096
     #: Bytes of the newest segments carried inside the root instead of as rows
     #: (the tail: a small commit then writes one row); 0 writes every segment as a row.
     tail_bytes: int = 1024
