@@ -46,10 +46,14 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def at_one_thread(sid: str, writes: int, directory: Path) -> dict[str, float]:
+def at_one_thread(sid: str, writes: int, directory: Path, pairs: int = 0) -> dict[str, float]:
+    """One thread's ``writes`` durable writes, each timed; first :func:`preload`
+    of ``pairs`` pairs when ``pairs``."""
     system = SYSTEMS[sid][1](directory, 1)
-    write = system.writer()
     rng = random.Random(SEED)
+    if pairs:
+        preload(system, pairs, rng)
+    write = system.writer()
     lat = []
     start = time.perf_counter()
     for _ in range(writes):
@@ -85,23 +89,6 @@ def preload(system: object, pairs: int, rng: random.Random) -> None:
                     wb.put(key, value)
         else:
             raise TypeError(f"no bulk path for {type(system).__name__}")
-
-
-def into_a_large_store(sid: str, pairs: int, writes: int, directory: Path) -> dict[str, float]:
-    """``at_one_thread`` after :func:`preload` of ``pairs`` pairs."""
-    system = SYSTEMS[sid][1](directory, 1)
-    rng = random.Random(SEED + 1)
-    preload(system, pairs, rng)
-    write = system.writer()
-    lat = []
-    start = time.perf_counter()
-    for _ in range(writes):
-        t = time.perf_counter()
-        write(rng.randbytes(KEY_SIZE), rng.randbytes(VALUE_SIZE))
-        lat.append(time.perf_counter() - t)
-    elapsed = time.perf_counter() - start
-    system.close()
-    return {**_percentiles(lat), "rate": writes / elapsed}
 
 
 def at_threads(sid: str, threads: int, seconds: float, directory: Path) -> dict[str, float]:
@@ -153,7 +140,7 @@ def _large(pairs: int, writes: int) -> None:
             continue  # one thread: the same as plyvel's locked put
         DEFAULT_SCRATCH.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="latency-", dir=DEFAULT_SCRATCH) as tmp:
-            r = into_a_large_store(sid, pairs, writes, Path(tmp))
+            r = at_one_thread(sid, writes, Path(tmp), pairs)
         print(
             f"| {SYSTEMS[sid][0]} | {r['writes']:,.0f} | {r['rate']:,.0f} | "
             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} |",

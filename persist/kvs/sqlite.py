@@ -354,12 +354,20 @@ class SQLiteStore(Store):
         """WAL hook (after each commit): SQLite's autocheckpoint, which a hook
         replaces, and how far the checkpoint stayed behind."""
         if pages >= _CHECKPOINT_PAGES:
-            try:
-                frames, copied = conn.wal_checkpoint(name)
-            except apsw.Error:  # busy or the like: nothing copied; tried again later
-                frames, copied = pages, 0
-            self._behind = max(frames - copied, 0)
+            self._checkpoint(conn, busy_behind=pages)
         return apsw.SQLITE_OK
+
+    def _checkpoint(self, conn: apsw.Connection, busy_behind: int | None = None) -> None:
+        """A PASSIVE checkpoint; notes what it could not copy.  Busy or the like:
+        nothing copied (``busy_behind`` frames left, or as noted before); tried
+        again later.  REQUIRES: the write lock."""
+        try:
+            frames, copied = conn.wal_checkpoint()
+        except apsw.Error:
+            if busy_behind is not None:
+                self._behind = busy_behind
+            return
+        self._behind = max(frames - copied, 0)
 
     def _catch_up(self) -> None:
         """Checkpoint what a snapshot kept the last commit's checkpoint from
@@ -379,9 +387,7 @@ class SQLiteStore(Store):
         try:
             conn = self._writer
             if conn is not None and not self._closed:
-                with contextlib.suppress(apsw.Error):  # busy: the next snapshot tries again
-                    frames, copied = conn.wal_checkpoint()
-                    self._behind = max(frames - copied, 0)
+                self._checkpoint(conn)
         finally:
             self._write_lock.release()
 

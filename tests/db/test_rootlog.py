@@ -92,6 +92,15 @@ def test_a_malformed_segment_is_an_integrity_error(payload: bytes) -> None:
         decode_segment(payload)
 
 
+def _filled(db: persist.Database, model: dict[int, str]) -> persist.Table:
+    """Table "t" of ``db`` holding ``model``, committed in one wave (into its tree)."""
+    t = db.table("t")
+    with db.atomic():
+        t.update(model)
+    db.commit_wait()
+    return t
+
+
 def _trees(limits: LogLimits) -> tuple[MemoryStore, TreeWaveStore]:
     kvs = MemoryStore()
     ebs = EncryptedStore.create(kvs, "pw", **WEAK)  # type: ignore[arg-type]
@@ -443,10 +452,7 @@ def _lone_writer(
     model = {i: "tree" for i in range(3000)}
     sizes: list[int] = []
     with persist.open(location, "pw", root_log=limits, **WEAK) as db:  # type: ignore[arg-type]
-        t = db.table("t")
-        with db.atomic():
-            t.update(model)
-        db.commit_wait()
+        t = _filled(db, model)
         for n in range(commits):
             k = rng.randrange(6000)
             t[k] = model[k] = f"v{n}"
@@ -535,10 +541,7 @@ def test_a_piece_masks_its_range_and_rewrites_none_of_the_log(
     model = {i: "tree" for i in range(3000)}
     firsts, logs = [], []
     with persist.open(location, "pw", root_log=limits, **WEAK) as db:  # type: ignore[arg-type]
-        t = db.table("t")
-        with db.atomic():
-            t.update(model)
-        db.commit_wait()
+        t = _filled(db, model)
         start = len(written)
         for n in range(1500):
             k = rng.randrange(6000)
@@ -588,10 +591,7 @@ def test_a_log_with_many_masks_is_rewritten_as_a_new_generation(
     model = {i: "tree" for i in range(3000)}
     generations, masks = set(), []
     with persist.open(str(tmp_path / "g.db"), "pw", root_log=limits, **WEAK) as db:  # type: ignore[arg-type]
-        t = db.table("t")
-        with db.atomic():
-            t.update(model)
-        db.commit_wait()
+        t = _filled(db, model)
         for n in range(600):
             k = rng.randrange(6000)
             t[k] = model[k] = f"v{n}"
@@ -618,10 +618,7 @@ def test_lone_writes_into_a_large_tree_never_run_out_of_masks(tmp_path: Path) ->
     rng = random.Random(11)
     model = {i: "tree" for i in range(20_000)}
     with persist.open(str(tmp_path / "r.db"), "pw", root_log=limits, **WEAK) as db:  # type: ignore[arg-type]
-        t = db.table("t")
-        with db.atomic():
-            t.update(model)
-        db.commit_wait()
+        t = _filled(db, model)
         generations, masks, firsts = set(), [], []
         for n in range(1500):  # about three rounds of the log's cursor
             k = rng.randrange(40_000)
